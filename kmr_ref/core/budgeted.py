@@ -1,0 +1,79 @@
+"""Algorithm 1, Budgeted-KMR (paper §4), line by line. Each line carries its spec ID."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from kmr_ref.core.errors import BudgetError, PolicyError
+from kmr_ref.core.exact import Exact, to_exact
+from kmr_ref.core.knobs import find_knob
+from kmr_ref.core.policy import Policy, PolicyState, Proposal, Stop
+from kmr_ref.core.rules import KMRTriple
+from kmr_ref.core.trace import KMRResult, Status, StepRecord
+
+M = TypeVar("M")
+
+
+def budgeted_kmr(
+    model: M,
+    triple: KMRTriple[M],
+    policy: Policy[M],
+    budget: object,
+    max_steps: int,
+    *,
+    on_record: Callable[[StepRecord], None] | None = None,
+) -> KMRResult[M]:
+    """Run Budgeted-KMR: apply ``policy``'s proposals while cost > ``budget``.
+
+    Returns the last accepted model (never a rejected proposal), the exit status and the trace.
+    ``on_record`` is called with each trace record as soon as it exists (for streaming logs).
+    """
+    # KMR.alg1.validate: B exact (KMR.exact.binary64 for floats), N a non-negative int
+    B: Exact = to_exact(budget, clause="KMR.alg1.validate", error=BudgetError, what="budget B")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+        raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")
+    N = max_steps
+    Q = triple.quality
+    m_cur, c_cur = model, triple.cost(model)  # KMR.alg1.init
+    q_cur = Q(model) if Q is not None else None
+    q0 = q_cur
+    c0 = c_cur
+    t = 0
+    trace: list[StepRecord] = []
+    status: Status | None = None
+    try:
+        while c_cur > B:  # KMR.alg1.loop-guard
+            if t >= N:  # KMR.alg1.step-limit
+                status = Status.STEP_LIMIT
+                break
+            p = policy(PolicyState(m_cur, c_cur, q_cur, t, B, triple, tuple(trace)))  # KMR.alg1.propose
+            if isinstance(p, Stop):  # KMR.alg1.policy-stop
+                status = Status.POLICY_STOP
+                break
+            if not isinstance(p, Proposal):
+                raise PolicyError("KMR.policy.proposal", f"policy returned {type(p).__name__}")
+            v = find_knob(triple.knobs, p.knob).check(p.value)  # KMR.alg1.knob-domain
+            m_new = triple.rule.apply(m_cur, p.knob, v)  # KMR.alg1.apply
+            c_new = triple.cost(m_new)  # KMR.alg1.measure
+            q_new = Q(m_new) if Q is not None else None
+            if c_new < c_cur:  # KMR.alg1.strict-progress
+                rec = StepRecord(t, p.knob, v, c_cur, c_new, q_new, True, "accepted")
+                m_cur, c_cur, q_cur = m_new, c_new, q_new  # KMR.alg1.accept
+                trace.append(rec)
+                if on_record is not None:
+                    on_record(rec)
+            else:
+                rec = StepRecord(t, p.knob, v, c_cur, c_new, q_new, False, "not-strictly-lower")
+                trace.append(rec)
+                if on_record is not None:
+                    on_record(rec)
+                status = Status.STALLED  # KMR.alg1.early-break
+                break
+            t += 1  # KMR.alg1.step
+    except KeyboardInterrupt:  # KMR.alg1.interrupt
+        status = Status.INTERRUPTED
+    if c_cur <= B:  # KMR.alg1.feasible
+        status = Status.FEASIBLE
+    assert status is not None
+    return KMRResult(m_cur, status, tuple(trace), B, c0, c_cur, q0, q_cur)  # KMR.alg1.return

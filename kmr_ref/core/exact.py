@@ -1,0 +1,50 @@
+"""Exact numbers for knob values, costs and budgets (``KMR.exact.*``)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from numbers import Rational
+
+from kmr_ref.core.errors import KMRError
+
+Exact = int | Fraction
+
+
+def to_exact(x: object, *, clause: str, error: type[KMRError], what: str) -> Exact:
+    """Convert ``x`` to an exact rational.
+
+    ``KMR.exact.binary64``: a binary64 float denotes the rational written by its shortest
+    round-trip decimal representation (Python ``repr``), so ``0.7`` is ``7/10``, never
+    ``0.6999999999999999555910790149937...``. Booleans, NaN and infinities are refused.
+    """
+    if isinstance(x, bool):
+        raise error(clause, f"{what} must be a number, got bool {x!r}")
+    if isinstance(x, int):
+        return x
+    if isinstance(x, Fraction):
+        return x if x.denominator != 1 else int(x.numerator)
+    if isinstance(x, Rational):
+        return Fraction(int(x.numerator), int(x.denominator))
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            raise error(clause, f"{what} must be finite, got {x!r}")
+        q = Fraction(repr(x))  # KMR.exact.binary64
+        return q if q.denominator != 1 else int(q.numerator)
+    if isinstance(x, str):
+        try:
+            q = Fraction(x)
+        except (ValueError, ZeroDivisionError) as e:
+            raise error(clause, f"{what} {x!r} is not a rational literal") from e
+        return q if q.denominator != 1 else int(q.numerator)
+    raise error(clause, f"{what} must be int, Fraction, float or a rational string, got {type(x).__name__}")
+
+
+def is_exact(x: object) -> bool:
+    """True for the exact cost types of ``KMR.meter.cost-exact``: int (not bool) and Fraction."""
+    return (isinstance(x, int) and not isinstance(x, bool)) or isinstance(x, Fraction)
+
+
+def fmt_exact(x: Exact) -> str:
+    """Canonical text of an exact number: ``7``, ``7/10``."""
+    return str(x)

@@ -1,0 +1,59 @@
+"""Meters: functions of a model that measure cost or quality (``KMR.meter.*``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from kmr_ref.core.errors import MeterError
+from kmr_ref.core.exact import Exact, is_exact
+
+M = TypeVar("M")
+MeterKind = Literal["cost", "quality", "informative"]
+
+
+@dataclass(frozen=True)
+class CostMeter(Generic[M]):
+    """``KMR.meter.cost-exact``: a normative cost is an exact int or Fraction, >= 0."""
+
+    name: str
+    fn: Callable[[M], Exact]
+    unit: str = ""
+
+    def __call__(self, model: M) -> Exact:
+        c = self.fn(model)
+        if not is_exact(c):  # KMR.meter.cost-exact
+            raise MeterError("KMR.meter.cost-exact",
+                             f"cost meter {self.name!r} returned {type(c).__name__} {c!r}; "
+                             "normative costs are exact (int or Fraction)")
+        if c < 0:
+            raise MeterError("KMR.meter.cost-exact", f"cost meter {self.name!r} returned {c} < 0")
+        return c
+
+
+@dataclass(frozen=True)
+class QualityMeter(Generic[M]):
+    """``KMR.meter.quality``: a real number, higher is better. Never used for acceptance in
+    Algorithm 1; used by policies (greedy) and reported in the trace."""
+
+    name: str
+    fn: Callable[[M], float]
+
+    def __call__(self, model: M) -> float:
+        q = self.fn(model)
+        if isinstance(q, bool) or not isinstance(q, (int, float)):
+            raise MeterError("KMR.meter.quality", f"quality meter {self.name!r} returned {type(q).__name__}")
+        return float(q)
+
+
+@dataclass(frozen=True)
+class InformativeMeter(Generic[M]):
+    """``KMR.meter.informative``: e.g. wall time. Reported only; never normative."""
+
+    name: str
+    fn: Callable[[M], float]
+    kind: MeterKind = "informative"
+
+    def __call__(self, model: M) -> float:
+        return float(self.fn(model))

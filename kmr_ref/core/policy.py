@@ -1,0 +1,94 @@
+"""Policies: map the state to the next (knob, value) or Stop (``KMR.policy.*``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Generic, Protocol, TypeVar
+
+from kmr_ref.core.exact import Exact
+from kmr_ref.core.knobs import KnobValue
+from kmr_ref.core.rules import KMRTriple
+from kmr_ref.core.trace import StepRecord
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """``KMR.policy.proposal``: set knob ``knob`` to ``value``."""
+
+    knob: str
+    value: KnobValue
+
+
+@dataclass(frozen=True)
+class Stop:
+    """``KMR.policy.stop``: the policy has nothing more to propose."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PolicyState(Generic[M]):
+    """``KMR.policy.state``: the current (last accepted) model, its cost and quality, the
+    iteration index t, the budget, the triple and the trace so far."""
+
+    model: M
+    cost: Exact
+    quality: float | None
+    t: int
+    budget: Exact
+    triple: KMRTriple[M]
+    history: tuple[StepRecord, ...]
+
+
+class Policy(Protocol[M]):
+    def __call__(self, state: PolicyState[M]) -> Proposal | Stop: ...
+
+
+@dataclass(frozen=True)
+class ScheduledPolicy(Generic[M]):
+    """``KMR.policy.scheduled``: proposes ``schedule[t]`` at iteration t; Stop when exhausted."""
+
+    schedule: tuple[Proposal, ...]
+
+    def __call__(self, state: PolicyState[M]) -> Proposal | Stop:
+        if state.t < len(self.schedule):
+            return self.schedule[state.t]
+        return Stop("schedule exhausted")
+
+
+@dataclass(frozen=True)
+class GreedyPolicy(Generic[M]):
+    """``KMR.policy.greedy``: evaluate every candidate of ``candidates(state)``, keep those that
+    strictly lower cost, and propose the one with the best score
+
+        score = (Q(M') - Q(M)) / (C(M) - C(M'))      (exact rational arithmetic on the
+                                                        binary64 qualities)
+
+    ``KMR.policy.greedy-ties``: highest score first, then larger cost decrease, then earlier
+    position in the candidate list. Stop when no candidate lowers cost. Without a quality meter
+    every score is 0, so the largest cost decrease wins.
+    """
+
+    candidates: Callable[[PolicyState[M]], Sequence[Proposal]]
+
+    def __call__(self, state: PolicyState[M]) -> Proposal | Stop:
+        tri = state.triple
+        best: tuple[Fraction, Exact, int] | None = None
+        best_p: Proposal | None = None
+        for i, p in enumerate(self.candidates(state)):
+            m2 = tri.rule.apply(state.model, p.knob, p.value)
+            c2 = tri.cost(m2)
+            if not c2 < state.cost:
+                continue
+            dq = Fraction(0)
+            if tri.quality is not None and state.quality is not None:
+                dq = Fraction(tri.quality(m2)) - Fraction(state.quality)
+            dc = state.cost - c2
+            key = (dq / dc, dc, -i)  # KMR.policy.greedy-ties
+            if best is None or key > best:
+                best, best_p = key, p
+        return best_p if best_p is not None else Stop("no candidate lowers cost")
