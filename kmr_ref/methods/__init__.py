@@ -1,0 +1,1 @@
+"""Torch instantiations of KMR methods, one module per method, written as the spec states them."""

@@ -1,0 +1,88 @@
+"""Shared torch plumbing for rules: copy-on-write module trees and parameter order.
+
+``KMR.rule.no-mutation``: rules build a new module tree whose module objects are fresh shallow
+copies, so replacing a parameter in the copy never touches the caller's module; tensors the rule
+does not change are shared (not copied).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from kmr_ref.core.errors import RuleInputError
+
+
+def clone_tree(module: nn.Module) -> nn.Module:
+    """A new module tree: every module object is a shallow copy with its own parameter, buffer,
+    child and hook dicts; the tensors themselves are shared."""
+    memo: dict[int, nn.Module] = {}
+
+    def rec(m: nn.Module) -> nn.Module:
+        if id(m) in memo:  # a module reachable twice stays shared in the copy
+            return memo[id(m)]
+        c = copy.copy(m)
+        memo[id(m)] = c
+        for attr in ("_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_pre_hooks",
+                     "_backward_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+            d = m.__dict__.get(attr)
+            if isinstance(d, dict):
+                c.__dict__[attr] = OrderedDict(d)
+        for name, child in m._modules.items():
+            c._modules[name] = None if child is None else rec(child)
+        return c
+
+    return rec(module)
+
+
+def set_parameter(root: nn.Module, qualified: str, value: torch.Tensor) -> None:
+    """Replace parameter ``qualified`` (e.g. ``"features.0.weight"``) in ``root`` (a clone)."""
+    *path, leaf = qualified.split(".")
+    m = root
+    for p in path:
+        m = m.get_submodule(p) if p else m
+    old = m._parameters[leaf]
+    req = old.requires_grad if old is not None else False
+    m._parameters[leaf] = nn.Parameter(value, requires_grad=req)
+
+
+def set_submodule(root: nn.Module, qualified: str, new: nn.Module) -> None:
+    """Replace submodule ``qualified`` in ``root`` (a clone) by ``new``."""
+    *path, leaf = qualified.split(".")
+    parent = root.get_submodule(".".join(path)) if path else root
+    parent._modules[leaf] = new
+
+
+PrunableFilter = Callable[[str, nn.Module, str, torch.Tensor], bool]
+
+
+def default_prunable(module_name: str, module: nn.Module, pname: str, p: torch.Tensor) -> bool:
+    """``KMR.prune.prunable-default``: the ``weight`` of Linear and Conv1d/2d/3d modules."""
+    return pname == "weight" and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+
+
+def ordered_parameters(model: nn.Module, keep: PrunableFilter) -> Iterator[tuple[str, torch.Tensor]]:
+    """``KMR.prune.tensor-order``: parameters in ``named_modules()`` depth-first registration order,
+    each module's own parameters in registration order, a shared tensor once at its first name."""
+    seen: set[int] = set()
+    for mname, mod in model.named_modules(remove_duplicate=True):
+        for pname, p in mod._parameters.items():
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if keep(mname, mod, pname, p):
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+
+def check_float_finite(name: str, t: torch.Tensor, clause_prefix: str) -> None:
+    """``<method>.dtype`` / ``<method>.nonfinite`` / ``<method>.empty`` input checks."""
+    if not t.is_floating_point():
+        raise RuleInputError(f"{clause_prefix}.dtype", f"{name} has dtype {t.dtype}; a floating dtype is required")
+    if t.numel() == 0:
+        raise RuleInputError(f"{clause_prefix}.empty", f"{name} is empty")
+    if not bool(torch.isfinite(t).all()):
+        raise RuleInputError(f"{clause_prefix}.nonfinite", f"{name} contains NaN or inf")

@@ -1,0 +1,119 @@
+"""Unstructured magnitude pruning (paper §5.1), as ``spec/methods/pruning.md`` states it.
+
+Clarity first: the global rule concatenates |w| and sorts it. ``kmr_ref.kernels`` holds the fast
+threshold-select kernel, which the tests prove bit-for-bit equal to this reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+import torch
+from torch import nn
+
+from kmr_ref.core.errors import KnobDomainError
+from kmr_ref.core.knobs import Knob, KnobValue, find_knob, real_knob
+from kmr_ref.core.meters import CostMeter
+from kmr_ref.methods.modules import (
+    PrunableFilter,
+    check_float_finite,
+    clone_tree,
+    default_prunable,
+    ordered_parameters,
+    set_parameter,
+)
+
+Scope = Literal["global", "per-tensor"]
+SPARSITY = "sparsity"
+GRID_STEP = Fraction(1, 20)
+
+
+def prune_count(s: Fraction | int, n: int) -> int:
+    """``KMR.prune.count``: k = floor(s * n), in exact rational arithmetic."""
+    q = Fraction(s)
+    return (q.numerator * n) // q.denominator
+
+
+def magnitude_masks(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """``KMR.prune.tie-break``: keep-masks that prune the k entries that come first in the order
+    (|w|, tensor index in ``tensors``, flat row-major index) — ascending, a stable sort.
+
+    |w| is compared exactly: every float dtype converts to float64 without rounding."""
+    if not tensors:
+        return []
+    flat = torch.cat([t.detach().reshape(-1).abs().to(torch.float64) for t in tensors])
+    order = torch.sort(flat, stable=True).indices  # KMR.prune.tie-break
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[order[:k]] = False  # KMR.prune.count
+    return [m.reshape(t.shape) for m, t in zip(torch.split(keep, [t.numel() for t in tensors]), tensors, strict=True)]
+
+
+def apply_mask(w: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``KMR.prune.zero-value``: pruned entries become +0.0; kept entries keep their exact bits."""
+    return torch.where(keep, w.detach(), torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+@dataclass(frozen=True)
+class MagnitudePruning:
+    """The magnitude-pruning rule (``KMR.prune.*``).
+
+    Knobs: ``sparsity`` (all prunable tensors; ``scope`` says whether the count is global or per
+    tensor) and, for each prunable tensor name in ``tensor_names``, ``sparsity@<name>``
+    (``KMR.prune.per-tensor-knob``). Build with :meth:`for_model` to get the per-tensor knobs.
+    """
+
+    scope: Scope = "global"
+    tensor_names: tuple[str, ...] = ()
+    prunable: PrunableFilter = field(default=default_prunable)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, scope: Scope = "global",
+                  prunable: PrunableFilter = default_prunable) -> MagnitudePruning:
+        names = tuple(n for n, _ in ordered_parameters(model, prunable))
+        return cls(scope, names, prunable)
+
+    def knobs(self) -> Sequence[Knob]:
+        # KMR.prune.knob: s in [0, 1], a fraction of ALL prunable entries; policy grid 1/20
+        ks = [real_knob(SPARSITY, 0, 1, GRID_STEP)]
+        ks += [real_knob(f"{SPARSITY}@{n}", 0, 1, GRID_STEP) for n in self.tensor_names]
+        return ks
+
+    def targets(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+        """``KMR.prune.tensor-order`` and ``KMR.prune.prunable-default``."""
+        return list(ordered_parameters(model, self.prunable))
+
+    def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
+        s = Fraction(find_knob(self.knobs(), knob).check(value))  # KMR.knob.domain
+        targets = self.targets(model)
+        if knob != SPARSITY:
+            name = knob.split("@", 1)[1]
+            targets = [(n, t) for n, t in targets if n == name]
+            if not targets:
+                raise KnobDomainError("KMR.knob.unknown", f"the model has no prunable tensor {name!r}")
+        for n, t in targets:
+            check_float_finite(n, t, "KMR.prune")  # KMR.prune.nonfinite, KMR.prune.dtype, KMR.prune.empty
+        groups: list[list[tuple[str, torch.Tensor]]]
+        if knob == SPARSITY and self.scope == "global":
+            groups = [targets]  # KMR.prune.global
+        else:
+            groups = [[nt] for nt in targets]  # KMR.prune.per-tensor
+        out = clone_tree(model)  # KMR.rule.no-mutation
+        for g in groups:
+            tensors = [t for _, t in g]
+            k = prune_count(s, sum(t.numel() for t in tensors))  # KMR.prune.count
+            for (n, t), keep in zip(g, magnitude_masks(tensors, k), strict=True):
+                if not bool(keep.all()):  # untouched tensors stay shared
+                    set_parameter(out, n, apply_mask(t, keep))
+        return out
+
+
+def nonzero_prunable(model: nn.Module, prunable: PrunableFilter = default_prunable) -> int:
+    """``KMR.prune.cost-meter``: the number of nonzero prunable entries (-0.0 counts as zero)."""
+    return sum(int(torch.count_nonzero(t)) for _, t in ordered_parameters(model, prunable))
+
+
+def nonzero_meter(prunable: PrunableFilter = default_prunable) -> CostMeter[nn.Module]:
+    return CostMeter("nonzeros", lambda m: nonzero_prunable(m, prunable), unit="entries")
