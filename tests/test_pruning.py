@@ -64,7 +64,7 @@ def weights(m: nn.Module) -> list[torch.Tensor]:
 
 @given(models(), SPARSITY)
 def test_global_matches_oracle(mv: tuple[list[tuple[int, int]], list[list[float]]], s: Fraction) -> None:
-    """KMR.prune.global KMR.prune.count KMR.prune.tie-break KMR.prune.zero-value KMR.prune.tensor-order"""
+    """KMR.prune.knob KMR.prune.global KMR.prune.count KMR.prune.tie-break KMR.prune.zero-value KMR.prune.tensor-order"""
     shapes, values = mv
     m = make_model(shapes, values)
     out = MagnitudePruning.for_model(m).apply(m, "sparsity", s)

@@ -92,3 +92,32 @@ class GreedyPolicy(Generic[M]):
             if best is None or key > best:
                 best, best_p = key, p
         return best_p if best_p is not None else Stop("no candidate lowers cost")
+
+
+def current_value(state: PolicyState[M], knob: str, default: KnobValue) -> KnobValue:
+    """The value of ``knob`` in the last accepted record of the trace, else ``default``."""
+    for r in reversed(state.history):
+        if r.accepted and r.knob == knob:
+            return r.value
+    return default
+
+
+def ladder_candidates(knob_names: Sequence[str]) -> Callable[[PolicyState[M]], list[Proposal]]:
+    """``KMR.policy.ladder``: for each knob in ``knob_names`` (in that order), the next value of its
+    grid in its more-aggressive direction after its current value (last accepted value, else the
+    grid's least aggressive end); knobs already at the end of their grid propose nothing."""
+
+    def candidates(state: PolicyState[M]) -> list[Proposal]:
+        from kmr_ref.core.knobs import find_knob
+
+        out: list[Proposal] = []
+        for name in knob_names:
+            knob = find_knob(state.triple.knobs, name)
+            grid = knob.grid() if knob.more_aggressive == "increasing" else knob.grid()[::-1]
+            cur = current_value(state, name, grid[0])
+            nxt = [v for v in grid if (v > cur if knob.more_aggressive == "increasing" else v < cur)]  # type: ignore[operator]
+            if nxt:
+                out.append(Proposal(name, nxt[0]))  # grid is ordered least to most aggressive
+        return out
+
+    return candidates

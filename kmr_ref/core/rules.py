@@ -1,4 +1,4 @@
-"""Rules and the KMR triple (``KMR.rule.*``, ``KMR.triple``)."""
+"""Rules and the KMR triple (``KMR.rule.*``, ``KMR.triple.def``)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Rule(Protocol[M]):
 
 @dataclass(frozen=True)
 class KMRTriple(Generic[M]):
-    """``KMR.triple``: a method = (knobs K, rule T, meters: cost C, quality Q, informative)."""
+    """``KMR.triple.def``: a method = (knobs K, rule T, meters: cost C, quality Q, informative)."""
 
     name: str
     rule: Rule[M]

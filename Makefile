@@ -1,0 +1,40 @@
+# Fresh-machine contract: `make demo` and `make test` do all set-up themselves.
+# A local venv in .venv; torch==2.13.0 (the CPU wheel) is installed first when no torch is
+# importable, so pip never pulls a multi-GB CUDA build. A python3 that already has torch
+# keeps it: the venv then sees the system site-packages.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kmr-installed
+PROFILE = $(if $(CI),ci,dev)
+
+.PHONY: demo test lint typecheck pytest prove bench clean
+
+$(STAMP): pyproject.toml
+	@if python3 -c "import torch" 2>/dev/null; then \
+	  echo "using the torch of $$(command -v python3)"; python3 -m venv --system-site-packages $(VENV); \
+	else python3 -m venv $(VENV) && $(PY) -m pip install -q "torch==2.13.0"; fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kmr demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict kmr_ref proofs/kmr_proofs
+
+pytest: $(STAMP)
+	HYPOTHESIS_PROFILE=$(PROFILE) $(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+prove: $(STAMP)
+	$(VENV)/bin/kmr prove
+
+bench: $(STAMP)
+	$(VENV)/bin/kmr bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

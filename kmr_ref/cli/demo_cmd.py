@@ -1,0 +1,150 @@
+"""``kmr demo``: train a small CNN on digits, then Budgeted-KMR with magnitude pruning under the
+scheduled and the greedy policy (the paper's experiments 1 and 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch import nn
+
+from kmr_ref.core import (
+    GreedyPolicy,
+    KMRResult,
+    KMRTriple,
+    Policy,
+    Proposal,
+    ScheduledPolicy,
+    StepRecord,
+    budgeted_kmr,
+)
+from kmr_ref.core.policy import ladder_candidates
+from kmr_ref.core.trace import json_value
+from kmr_ref.examples import digits
+from kmr_ref.methods.pruning import MagnitudePruning, nonzero_meter, nonzero_prunable
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("demo", help="prune a digits CNN to a budget (scheduled vs greedy)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per policy run")
+    p.add_argument("--fast", action="store_true", help="3 training epochs instead of 30 (for tests)")
+    p.add_argument("--budget", type=str, default="1/5",
+                   help="budget as a fraction of the trained model's nonzero weights (default 1/5)")
+    p.add_argument("--max-steps", type=int, default=60, help="step limit N (default 60)")
+    p.add_argument("--policy", choices=["scheduled", "greedy", "both"], default="both")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for streamed traces (JSONL, one line per step) and final weights")
+    p.set_defaults(func=run)
+
+
+def scheduled_policy() -> Policy[nn.Module]:
+    """Global sparsity 1/10, 2/10, ..., 9/10: one knob, fixed schedule."""
+    return ScheduledPolicy(tuple(Proposal("sparsity", Fraction(i, 10)) for i in range(1, 10)))
+
+
+def greedy_policy(rule: MagnitudePruning) -> Policy[nn.Module]:
+    """Per-layer knobs: each step raises one layer's sparsity by 1/20; best quality per unit cost."""
+    return GreedyPolicy(ladder_candidates([f"sparsity@{n}" for n in rule.tensor_names]))
+
+
+def run(args: argparse.Namespace) -> int:
+    con = Console(stderr=args.json)
+    torch.use_deterministic_algorithms(True)
+    t0 = time.perf_counter()
+    data = digits.load(args.seed)
+    model = digits.train(data, epochs=3 if args.fast else 30, seed=args.seed)
+    train_s = time.perf_counter() - t0
+    base_test = digits.accuracy(model, data.test)
+    n0 = nonzero_prunable(model)
+    budget = Fraction(args.budget) * n0
+    con.print(f"[bold]digits CNN[/]: trained in {train_s:.1f} s, test accuracy {base_test:.4f}, "
+              f"{n0} nonzero prunable weights; budget B = {budget} ({args.budget} of them)")
+    rule = MagnitudePruning.for_model(model)
+    triple = KMRTriple("magnitude-pruning", rule, nonzero_meter(), digits.accuracy_meter(data.val))
+    policies: dict[str, Policy[nn.Module]] = {"scheduled": scheduled_policy(), "greedy": greedy_policy(rule)}
+    names = list(policies) if args.policy == "both" else [args.policy]
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    runs: list[dict[str, Any]] = []
+    for name in names:
+        t1 = time.perf_counter()
+        res = _run_one(con, name, model, triple, policies[name], budget, args)
+        seconds = time.perf_counter() - t1
+        test_acc = digits.accuracy(res.model, data.test)
+        runs.append(_report(name, res, base_test, test_acc, train_s, seconds))
+        if args.out is not None:
+            _save(res.model, args.out / f"{name}.safetensors")
+        if not args.json:
+            _print_table(con, name, res, test_acc, seconds)
+    if args.json:
+        print(json.dumps(runs, indent=1))
+    return 0
+
+
+def _run_one(con: Console, name: str, model: nn.Module, triple: KMRTriple[nn.Module],
+             policy: Policy[nn.Module], budget: Fraction, args: argparse.Namespace) -> KMRResult[nn.Module]:
+    log = (args.out / f"{name}.trace.jsonl").open("w") if args.out is not None else None
+    c0 = triple.cost(model)
+    with Progress(TextColumn(f"{name:>9}"), BarColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=con, transient=True) as bar:
+        task = bar.add_task("", total=float(c0 - budget))
+
+        def on_record(r: StepRecord) -> None:
+            if log is not None:  # streamed: an interrupted run keeps every record so far
+                log.write(json.dumps(r.to_json()) + "\n")
+                log.flush()
+            bar.update(task, completed=float(c0 - r.cost_after) if r.accepted else None,
+                       description=f"t={r.t} cost={r.cost_after}")
+
+        try:
+            return budgeted_kmr(model, triple, policy, budget, args.max_steps, on_record=on_record)
+        finally:
+            if log is not None:
+                log.close()
+
+
+def _report(name: str, res: KMRResult[nn.Module], base_test: float, test_acc: float,
+            train_s: float, seconds: float) -> dict[str, Any]:
+    return {
+        "policy": name, "status": res.status.value, "budget": json_value(res.budget),
+        "steps": [r.to_json() for r in res.trace],
+        "initial": {"cost": json_value(res.cost_initial), "quality": res.quality_initial,
+                    "test_accuracy": base_test},
+        "final": {"cost": json_value(res.cost_final), "quality": res.quality_final, "test_accuracy": test_acc},
+        "accepted_steps": res.accepted_steps, "train_seconds": round(train_s, 3), "seconds": round(seconds, 3),
+    }
+
+
+def _print_table(con: Console, name: str, res: KMRResult[nn.Module], test_acc: float, seconds: float) -> None:
+    tab = Table(title=f"Budgeted-KMR, {name} policy (budget {res.budget})")
+    for col in ("t", "knob = value", "cost", "val acc", "accepted"):
+        tab.add_column(col, justify="right" if col != "knob = value" else "left")
+    for r in res.trace:
+        tab.add_row(str(r.t), f"{r.knob} = {r.value}", str(r.cost_after),
+                    "" if r.quality is None else f"{r.quality:.4f}", "yes" if r.accepted else f"no ({r.reason})")
+    con.print(tab)
+    q = "" if res.quality_final is None else f"{res.quality_final:.4f}"
+    con.print(f"status [bold]{res.status.value}[/]: cost {res.cost_initial} -> {res.cost_final} "
+              f"(budget {res.budget}), val accuracy {q}, test accuracy {test_acc:.4f}, {seconds:.1f} s\n")
+
+
+def _save(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)  # atomic: an interrupted save never leaves a half-written file
+
+
+if __name__ == "__main__":
+    sys.exit(0)

@@ -1,0 +1,1 @@
+"""Worked examples on real data that ships offline (scikit-learn's digits)."""

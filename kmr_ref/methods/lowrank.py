@@ -1,0 +1,221 @@
+"""Low-rank factorization by truncated SVD (spec/methods/lowrank.md).
+
+A Linear (m x n weight) or Conv (weight reshaped to m x n = out x in*prod(kernel)) becomes two
+layers: ``first`` (n -> r, no bias) and ``second`` (r -> m, with the original bias), held in a
+:class:`LowRankFactors` (an ``nn.Sequential``). Factors come from an SVD in binary64 with a
+deterministic sign convention, split as sqrt(S) on each side, then cast to the weight dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch import nn
+
+from kmr_ref.core.errors import KnobDomainError, RuleInputError
+from kmr_ref.core.knobs import IntRange, Knob, KnobValue, find_knob
+from kmr_ref.methods.modules import check_float_finite, clone_tree, set_submodule
+from kmr_ref.methods.structured import OpenInterval
+
+CLAUSE = "KMR.lowrank"
+RANK_MAX = 1 << 20  # the static upper end of the `rank` knob's domain; layers refuse r >= min(m, n)
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class LowRankFactors(nn.Sequential):
+    """``KMR.lowrank.split``: ``Sequential(first, second)``; the rule recognises it on a later
+    application and re-factorizes the product (``KMR.lowrank.refactor``)."""
+
+
+def energy_domain() -> OpenInterval:
+    """``KMR.lowrank.energy``: rationals in (0, 1], policy grid 1/20, ..., 1."""
+    return OpenInterval(Fraction(0), Fraction(1), Fraction(1, 20), lo_open=True)
+
+
+def _matrix(m: nn.Module) -> torch.Tensor:
+    """The m x n matrix of a Linear/Conv, or of a LowRankFactors (second @ first, in binary64)."""
+    if isinstance(m, LowRankFactors):
+        a = _matrix(m[0]).to(torch.float64)
+        b = _matrix(m[1]).to(torch.float64)
+        return b @ a
+    w = m.weight.detach()  # type: ignore[union-attr, operator]
+    return w.reshape(w.shape[0], -1)
+
+
+def _inner_rank(m: nn.Module) -> int | None:
+    return int(m[0].weight.shape[0]) if isinstance(m, LowRankFactors) else None  # type: ignore[union-attr]
+
+
+def signed_svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``KMR.lowrank.svd`` + ``KMR.lowrank.sign``: U, S, Vh of ``w`` in binary64
+    (``torch.linalg.svd(full_matrices=False)``), each pair (u_i, v_i) negated when needed so that the
+    entry of u_i of largest |value| (the first such index on ties) is positive."""
+    u, s, vh = torch.linalg.svd(w.detach().to(device="cpu", dtype=torch.float64), full_matrices=False)
+    pivot = u.abs().argmax(dim=0)  # first index of the maximum (torch.argmax returns the first)
+    sign = torch.where(u.gather(0, pivot[None, :])[0] < 0, -1.0, 1.0).to(torch.float64)
+    return u * sign[None, :], s, vh * sign[:, None]
+
+
+def energy_rank(s: torch.Tensor, energy: Fraction) -> int:
+    """``KMR.lowrank.energy``: the smallest r in 1..len(s) with P_r >= energy * P_len, where
+    e_i = fl64(s_i * s_i) and P_r = math.fsum(e_0..e_{r-1}) (exactly rounded), compared as exact
+    rationals."""
+    e = [x * x for x in s.tolist()]
+    total = Fraction(math.fsum(e))
+    for r in range(1, len(e) + 1):
+        if Fraction(math.fsum(e[:r])) >= energy * total:
+            return r
+    return len(e)
+
+
+def factorize(mod: nn.Module, r: int) -> LowRankFactors:
+    """``KMR.lowrank.split`` / ``KMR.lowrank.conv``: the two-layer replacement of ``mod`` at rank r."""
+    base = mod[0] if isinstance(mod, LowRankFactors) else mod
+    last = mod[1] if isinstance(mod, LowRankFactors) else mod
+    w = _matrix(mod)
+    wt = base.weight  # type: ignore[union-attr]
+    assert isinstance(wt, torch.Tensor)
+    dtype, device = wt.dtype, wt.device
+    u, s, vh = signed_svd(w)
+    root = s[:r].sqrt()
+    a = (root[:, None] * vh[:r]).to(dtype=dtype, device=device)  # KMR.lowrank.split: sqrt(S_r) V_r^T
+    b = (u[:, :r] * root[None, :]).to(dtype=dtype, device=device)  # KMR.lowrank.split: U_r sqrt(S_r)
+    bias = last.bias  # type: ignore[union-attr]
+    assert bias is None or isinstance(bias, torch.Tensor)
+    req = wt.requires_grad
+    first: nn.Module
+    second: nn.Module
+    if isinstance(base, nn.Linear):
+        first = nn.Linear(base.in_features, r, bias=False, device=device, dtype=dtype)
+        second = nn.Linear(r, int(w.shape[0]), bias=bias is not None, device=device, dtype=dtype)
+        first.weight = nn.Parameter(a.contiguous(), requires_grad=req)
+        second.weight = nn.Parameter(b.contiguous(), requires_grad=req)
+    else:  # KMR.lowrank.conv: Conv(in, r, k, same geometry) then Conv(r, out, 1)
+        assert isinstance(base, _CONV) and isinstance(last, _CONV)
+        cls = type(base)
+        first = cls(base.in_channels, r, base.kernel_size, stride=base.stride,  # type: ignore[arg-type]
+                    padding=base.padding, dilation=base.dilation,  # type: ignore[arg-type]
+                    bias=False, padding_mode=base.padding_mode, device=device, dtype=dtype)
+        ones = (1,) * len(base.kernel_size)
+        second = cls(r, int(w.shape[0]), ones, bias=bias is not None, device=device, dtype=dtype)  # type: ignore[arg-type]
+        first.weight = nn.Parameter(a.reshape(r, *base.weight.shape[1:]).contiguous(), requires_grad=req)
+        second.weight = nn.Parameter(b.reshape(int(w.shape[0]), r, *ones).contiguous(), requires_grad=req)
+    if bias is not None:
+        second.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias)  # shared, not copied
+    return LowRankFactors(first, second)
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """The rule of spec/methods/lowrank.md.
+
+    ``layers``: the module names in scope (None: every Linear, every Conv1d/2d/3d with groups = 1
+    and every LowRankFactors, in ``named_modules()`` order; ``KMR.lowrank.scope``). Knobs: ``rank``,
+    ``energy`` (all layers in scope) and ``rank@<name>``, ``energy@<name>`` for each name in
+    ``layers`` (``KMR.lowrank.per-layer-knob``).
+    """
+
+    layers: tuple[str, ...] | None = None
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> LowRank:
+        return cls(tuple(n for n, _ in targets(model, None)))
+
+    def knobs(self) -> Sequence[Knob]:
+        ks = [Knob("rank", IntRange(1, RANK_MAX), "decreasing"), Knob("energy", energy_domain(), "decreasing")]
+        for n in self.layers or ():
+            ks += [Knob(f"rank@{n}", IntRange(1, RANK_MAX), "decreasing"),
+                   Knob(f"energy@{n}", energy_domain(), "decreasing")]
+        return ks
+
+    def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
+        kind, _, target = knob.partition("@")
+        k = find_knob(self.knobs(), knob)  # KMR.knob.unknown
+        if kind == "rank" and isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise KnobDomainError(f"{CLAUSE}.rank-range", f"rank must be >= 1, got {value}")  # KMR.lowrank.rank-range
+        v = k.check(value)  # KMR.knob.domain
+        scope = targets(model, self.layers)
+        if target:
+            scope = [(n, m) for n, m in scope if n == target]
+            if not scope:
+                raise RuleInputError(f"{CLAUSE}.scope", f"{target!r} is not a factorizable layer of this model")
+        for name, mod in scope:
+            for pn, t in mod.named_parameters():
+                check_float_finite(f"{name}.{pn}", t, CLAUSE)  # KMR.lowrank.dtype/.empty/.nonfinite
+        plan: list[tuple[str, nn.Module, int]] = []
+        for name, mod in scope:
+            w = _matrix(mod)
+            m, n = int(w.shape[0]), int(w.shape[1])
+            if kind == "rank":
+                r = int(v)  # type: ignore[arg-type]
+                if r >= min(m, n):  # KMR.lowrank.rank-range
+                    raise RuleInputError(f"{CLAUSE}.rank-range", f"{name}: rank {r} >= min(m, n) = {min(m, n)}")
+            else:
+                r = energy_rank(signed_svd(w)[1], Fraction(v))  # type: ignore[arg-type]
+            r0 = _inner_rank(mod)
+            if r0 is not None and r >= r0:  # KMR.lowrank.refactor: never raises the rank
+                continue
+            if not r * (m + n) < m * n:  # KMR.lowrank.applicable
+                continue
+            plan.append((name, mod, r))
+        new = clone_tree(model)
+        for name, mod, r in plan:
+            if name == "":
+                return factorize(mod, r)  # the model itself is the one layer in scope
+            set_submodule(new, name, factorize(mod, r))
+        return new
+
+
+def targets(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, nn.Module]]:
+    """``KMR.lowrank.scope``: the layers in scope, in ``named_modules()`` order."""
+    out: list[tuple[str, nn.Module]] = []
+    inside: list[str] = []
+    mods = dict(model.named_modules())
+    if names is not None:
+        for n in names:
+            m = mods.get(n)
+            if m is None or not _factorizable(m):
+                raise RuleInputError(f"{CLAUSE}.scope", f"{n!r} is not a Linear, a Conv with groups = 1 "
+                                     "or LowRankFactors in this model")
+        chosen = set(names)
+        out = [(n, m) for n, m in mods.items() if n in chosen]
+    else:
+        for n, m in mods.items():
+            if any(n.startswith(p + ".") for p in inside):
+                continue
+            if _factorizable(m):
+                out.append((n, m))
+                if isinstance(m, LowRankFactors):
+                    inside.append(n)
+    # KMR.lowrank.scope: a layer reachable under two names, or holding a parameter another module
+    # also holds, cannot be replaced without breaking the sharing: refused.
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    owners: dict[int, int] = {}
+    for _, m in model.named_modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    for n, m in out:
+        if uses[id(m)] > 1 or any(owners[id(p)] > 1 for p in m.parameters()):
+            raise RuleInputError(f"{CLAUSE}.scope", f"{n!r} is shared (module or parameter); cannot replace it")
+    return out
+
+
+def _factorizable(m: nn.Module) -> bool:
+    if isinstance(m, LowRankFactors):  # exactly the shape factorize() builds
+        if len(m) != 2:
+            return False
+        a, b = m[0], m[1]
+        if type(a) is not type(b) or not _factorizable(a) or a.bias is not None:
+            return False
+        if isinstance(b, _CONV):
+            return (all(k == 1 for k in b.kernel_size) and all(x == 1 for x in b.stride)
+                    and all(x == 0 for x in b.padding) and all(x == 1 for x in b.dilation))  # type: ignore[union-attr]
+        return True
+    return type(m) is nn.Linear or (type(m) in _CONV and m.groups == 1)  # type: ignore[union-attr]

@@ -1,0 +1,331 @@
+"""Structured pruning with physical removal of output channels (spec/methods/structured.md).
+
+Output channels of Conv/Linear layers in a sequential stack are ranked by the L_p norm of their
+weight slice; the lowest are removed from the layer (weight rows, bias entries), from the
+BatchNorm that follows it (if any), and from the inputs of the next Conv/Linear. Parameters and
+MACs really shrink. Anything the rule cannot analyse is refused (``KMR.structured.unsupported-graph``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+import torch
+from torch import nn
+
+from kmr_ref.core.errors import KnobDomainError, RuleInputError
+from kmr_ref.core.exact import to_exact
+from kmr_ref.core.knobs import Knob, KnobValue, RealInterval, find_knob
+from kmr_ref.methods.modules import check_float_finite, clone_tree, set_parameter
+
+CLAUSE = "KMR.structured"
+Scope = Literal["per-layer", "global"]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# KMR.structured.next-layer: modules that act on each channel (each feature) separately and hold
+# no per-channel state: they may sit between a pruned layer and the next Conv/Linear.
+_ELEMENTWISE = (
+    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
+    nn.Tanhshrink, nn.LogSigmoid, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)
+_POOL = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+
+
+@dataclass(frozen=True)
+class OpenInterval(RealInterval):
+    """A RealInterval whose ends may be open: ``KMR.structured.knob`` needs [0, 1), and
+    ``KMR.lowrank.energy`` needs (0, 1]. The grid skips an open end."""
+
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def normalize(self, v: object) -> KnobValue:
+        q = super().normalize(v)
+        if (self.lo_open and q == self.lo) or (self.hi_open and q == self.hi):
+            raise KnobDomainError("KMR.knob.domain-real",
+                                  f"{q} is outside {'(' if self.lo_open else '['}{self.lo}, "
+                                  f"{self.hi}{')' if self.hi_open else ']'}")
+        return q
+
+    def grid(self) -> Iterator[KnobValue]:
+        for x in super().grid():
+            if (self.lo_open and x == self.lo) or (self.hi_open and x == self.hi):
+                continue
+            yield x
+
+
+def fraction_domain() -> OpenInterval:
+    """``KMR.structured.knob``: rationals in [0, 1), policy grid 0, 1/20, ..., 19/20."""
+    return OpenInterval(Fraction(0), Fraction(1), Fraction(1, 20), hi_open=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph analysis (KMR.structured.supported-graph)
+
+
+@dataclass
+class Layer:
+    """One Conv/Linear of the stack, with what sits between it and the next Conv/Linear."""
+
+    name: str
+    module: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+    bns: list[tuple[str, nn.Module]] = field(default_factory=list)
+    flatten: bool = False  # a Flatten between this Conv and the next Linear
+
+
+def _leaves(m: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
+    """Depth-first leaves of nested Sequentials (``KMR.structured.supported-graph``)."""
+    for name, child in m._modules.items():
+        q = f"{prefix}.{name}" if prefix else name
+        if child is None:
+            continue
+        if _is_sequential(child):
+            yield from _leaves(child, q)
+        else:
+            yield q, child
+
+
+def _is_sequential(m: nn.Module) -> bool:
+    # a Sequential subclass that keeps Sequential.forward composes its children in order
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+
+def _unsupported(msg: str) -> RuleInputError:
+    return RuleInputError(f"{CLAUSE}.unsupported-graph", msg)
+
+
+def _channels_out(m: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def analyse(model: nn.Module) -> list[Layer]:
+    """The Conv/Linear layers of ``model`` in execution order, or RuleInputError
+    ``KMR.structured.unsupported-graph``. The last layer is the output layer (never pruned)."""
+    if not _is_sequential(model):
+        raise _unsupported(f"the model must be an nn.Sequential stack, got {type(model).__name__}")
+    leaves = list(_leaves(model, ""))
+    seen: set[int] = set()
+    for q, m in leaves:
+        if id(m) in seen:
+            raise _unsupported(f"module {q!r} appears twice in the stack")
+        seen.add(id(m))
+    pids: set[int] = set()
+    for q, m in leaves:
+        for p in m.parameters():
+            if id(p) in pids:
+                raise _unsupported(f"module {q!r} shares a parameter with another module")
+            pids.add(id(p))
+    layers: list[Layer] = []
+    idx = [i for i, (_, m) in enumerate(leaves) if isinstance(m, (nn.Linear, *_CONV))]
+    for j, i in enumerate(idx):
+        q, m = leaves[i]
+        assert isinstance(m, (nn.Linear, *_CONV))
+        if isinstance(m, _CONV) and m.groups != 1:
+            raise _unsupported(f"{q!r}: grouped convolution (groups={m.groups})")
+        layers.append(Layer(q, m))
+        if j + 1 == len(idx):
+            break  # KMR.structured.output-layer-kept: what follows the output layer is unconstrained
+        nq, nxt = leaves[idx[j + 1]]
+        c = _channels_out(m)
+        lay = layers[-1]
+        for bq, b in leaves[i + 1: idx[j + 1]]:  # KMR.structured.next-layer
+            if isinstance(b, _BN) and not lay.flatten:
+                if b.num_features != c:
+                    raise _unsupported(f"{bq!r} has {b.num_features} features, {q!r} gives {c}")
+                lay.bns.append((bq, b))
+            elif isinstance(b, _ELEMENTWISE) or (isinstance(b, _POOL) and not lay.flatten
+                                                 and isinstance(m, _CONV)):
+                continue
+            elif isinstance(b, nn.Flatten) and isinstance(m, _CONV) and not lay.flatten:
+                if b.start_dim != 1 or b.end_dim != -1:
+                    raise _unsupported(f"{bq!r}: only Flatten(1, -1) is supported")
+                lay.flatten = True
+            else:
+                raise _unsupported(f"{bq!r} ({type(b).__name__}) between {q!r} and {nq!r}")
+        if isinstance(m, _CONV):
+            if lay.flatten:
+                if not isinstance(nxt, nn.Linear) or nxt.in_features % c != 0:
+                    raise _unsupported(f"{nq!r} after Flatten must be a Linear with a multiple of {c} inputs")
+            elif not (isinstance(nxt, _CONV) and nxt.in_channels == c):
+                raise _unsupported(f"{nq!r} must be a Conv with {c} input channels after {q!r}")
+        elif not (isinstance(nxt, nn.Linear) and nxt.in_features == c):
+            raise _unsupported(f"{nq!r} must be a Linear with {c} inputs after {q!r}")
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores and selection
+
+
+def channel_scores(weight: torch.Tensor, p: int) -> list[float]:
+    """``KMR.structured.score``: S_c = the correctly rounded binary64 sum over the channel's
+    weight slice of fl64(|w|^p) (the p-th power of the L_p norm; the root is monotone and skipped).
+    |w| is converted to binary64 exactly; for p = 2 the square is one IEEE binary64 product
+    (exact for fp32/fp16/bf16 weights). The sum is math.fsum (exactly rounded), so the score does
+    not depend on summation order."""
+    w = weight.detach().to(device="cpu", dtype=torch.float64).reshape(weight.shape[0], -1).abs()
+    if p == 2:
+        w = w * w
+    return [math.fsum(row) for row in w.tolist()]
+
+
+def removed_per_layer(scores: Sequence[float], fraction: Fraction) -> list[int]:
+    """``KMR.structured.count`` + ``KMR.structured.tie-break``: k = min(floor(f * C), C - 1)
+    channels with the smallest keys (S_c, c); returned in ascending channel order."""
+    c = len(scores)
+    k = min(math.floor(fraction * c), c - 1)  # KMR.structured.count: keep >= 1 channel
+    order = sorted(range(c), key=lambda i: (scores[i], i))  # KMR.structured.tie-break
+    return sorted(order[:k])
+
+
+def removed_global(scores: Sequence[Sequence[float]], fan_in: Sequence[int],
+                   fraction: Fraction) -> list[list[int]]:
+    """``KMR.structured.global-order``: K = floor(f * sum C_l) channels, taken in ascending order of
+    (S_c / fan_in_l as an exact rational, layer index l, channel index c), skipping a channel whose
+    removal would leave its layer empty."""
+    total = sum(len(s) for s in scores)
+    k = math.floor(fraction * total)
+    keys = sorted((Fraction(s) / fan_in[li], li, ci)
+                  for li, ss in enumerate(scores) for ci, s in enumerate(ss))
+    left = [len(s) for s in scores]
+    out: list[list[int]] = [[] for _ in scores]
+    for _, li, ci in keys:
+        if k == 0:
+            break
+        if left[li] == 1:  # KMR.structured.count: keep >= 1 channel per layer
+            continue
+        out[li].append(ci)
+        left[li] -= 1
+        k -= 1
+    return [sorted(r) for r in out]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rule
+
+
+@dataclass(frozen=True)
+class StructuredPruning:
+    """The rule of spec/methods/structured.md.
+
+    ``p``: the norm (1 or 2) of ``KMR.structured.score``; ``scope``: ``per-layer`` or ``global``
+    for the knob ``fraction``; ``layers``: module names that get a per-layer knob
+    ``fraction@<name>`` (``KMR.structured.per-layer-knob``); see :meth:`for_model`.
+    """
+
+    p: int = 2
+    scope: Scope = "per-layer"
+    layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.p not in (1, 2) or isinstance(self.p, bool):
+            raise KnobDomainError(f"{CLAUSE}.score", f"p must be 1 or 2, got {self.p!r}")
+        if self.scope not in ("per-layer", "global"):
+            raise KnobDomainError(f"{CLAUSE}.global-order",
+                                  f"scope must be per-layer or global, got {self.scope!r}")
+
+    @classmethod
+    def for_model(cls, model: nn.Module, p: int = 2, scope: Scope = "per-layer") -> StructuredPruning:
+        """A rule with a per-layer knob for each prunable layer of ``model``."""
+        return cls(p, scope, tuple(lay.name for lay in analyse(model)[:-1]))
+
+    def knobs(self) -> Sequence[Knob]:
+        ks = [Knob("fraction", fraction_domain(), "increasing")]
+        ks += [Knob(f"fraction@{n}", fraction_domain(), "increasing") for n in self.layers]
+        return ks
+
+    def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
+        f = find_knob(self.knobs(), knob).check(value)  # KMR.knob.domain / KMR.knob.unknown
+        frac = Fraction(to_exact(f, clause="KMR.knob.domain", error=KnobDomainError, what="fraction"))
+        layers = analyse(model)
+        prunable = layers[:-1]  # KMR.structured.output-layer-kept
+        for lay in layers:
+            for pn, t in lay.module.named_parameters():
+                check_float_finite(f"{lay.name}.{pn}", t, CLAUSE)  # KMR.structured.dtype/.empty/.nonfinite
+            for bq, b in lay.bns:
+                for pn, t in b.named_parameters():
+                    check_float_finite(f"{bq}.{pn}", t, CLAUSE)
+        scores = [channel_scores(lay.module.weight, self.p) for lay in prunable]
+        if knob == "fraction" and self.scope == "global":
+            fan = [int(lay.module.weight[0].numel()) for lay in prunable]
+            removed = removed_global(scores, fan, frac)
+        elif knob == "fraction":
+            removed = [removed_per_layer(s, frac) for s in scores]
+        else:
+            target = knob.split("@", 1)[1]
+            names = [lay.name for lay in prunable]
+            if target not in names:
+                raise RuleInputError(f"{CLAUSE}.per-layer-knob",
+                                     f"{target!r} is not a prunable layer of this model; prunable: {names}")
+            removed = [removed_per_layer(s, frac) if lay.name == target else []
+                       for lay, s in zip(prunable, scores, strict=True)]
+        return remove_channels(model, layers, removed)
+
+
+def remove_channels(model: nn.Module, layers: list[Layer], removed: Sequence[Sequence[int]]) -> nn.Module:
+    """``KMR.structured.removal``: physically remove channels ``removed[l]`` of layer l (l over the
+    prunable layers ``layers[:-1]``) and the matching BN channels and next-layer inputs.
+    Kept channels keep their relative order; tensors of untouched modules are shared."""
+    new = clone_tree(model)
+    n = len(layers)
+    keep_out: list[list[int] | None] = [None] * n
+    for li, rem in enumerate(removed):
+        if rem:
+            c = _channels_out(layers[li].module)
+            r = set(rem)
+            keep_out[li] = [i for i in range(c) if i not in r]
+    for li, lay in enumerate(layers):
+        ko = keep_out[li]
+        ki = keep_out[li - 1] if li > 0 else None
+        if ki is not None and layers[li - 1].flatten:  # KMR.structured.flatten: blocks of size s
+            assert isinstance(lay.module, nn.Linear)
+            s = lay.module.in_features // _channels_out(layers[li - 1].module)
+            ki = [c * s + j for c in ki for j in range(s)]
+        if ko is None and ki is None:
+            continue
+        src = lay.module
+        mod = new.get_submodule(lay.name)
+        assert isinstance(mod, (nn.Linear, *_CONV))
+        w = src.weight.detach()
+        dev = w.device
+        if ko is not None:
+            w = w.index_select(0, torch.tensor(ko, dtype=torch.long, device=dev))  # KMR.structured.removal
+            if src.bias is not None:
+                set_parameter(new, f"{lay.name}.bias",
+                              src.bias.detach().index_select(0, torch.tensor(ko, dtype=torch.long, device=dev)))
+            if isinstance(mod, nn.Linear):
+                mod.out_features = len(ko)
+            else:
+                mod.out_channels = len(ko)
+            for bq, bn in lay.bns:  # KMR.structured.bn
+                bmod = new.get_submodule(bq)
+                assert isinstance(bmod, _BN)
+                for pn, t in bn.named_parameters(recurse=False):
+                    set_parameter(new, f"{bq}.{pn}", t.detach().index_select(0, _index(ko, t)))
+                for bn_name in ("running_mean", "running_var"):
+                    buf = bn._buffers.get(bn_name)
+                    if buf is not None:
+                        bmod._buffers[bn_name] = buf.index_select(0, _index(ko, buf))
+                bmod.num_features = len(ko)
+        if ki is not None:  # KMR.structured.next-layer
+            w = w.index_select(1, torch.tensor(ki, dtype=torch.long, device=dev))
+            if isinstance(mod, nn.Linear):
+                mod.in_features = len(ki)
+            else:
+                mod.in_channels = len(ki)
+        set_parameter(new, f"{lay.name}.weight", w.contiguous())
+    return new
+
+
+def _index(keep: list[int], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(keep, dtype=torch.long, device=like.device)
