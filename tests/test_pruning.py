@@ -41,7 +41,8 @@ def make_model(shapes: list[tuple[int, int]], values: list[list[float]]) -> nn.M
 
 
 @st.composite
-def models(draw: st.DrawFn, elems: st.SearchStrategy[float] = FLOATS) -> tuple[list[tuple[int, int]], list[list[float]]]:
+def models(draw: st.DrawFn, elems: st.SearchStrategy[float] = FLOATS) -> tuple[list[tuple[int, int]],
+                                                                               list[list[float]]]:
     shapes = draw(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=3))
     values = [draw(st.lists(elems, min_size=o * i, max_size=o * i)) for o, i in shapes]
     return shapes, values
@@ -64,7 +65,8 @@ def weights(m: nn.Module) -> list[torch.Tensor]:
 
 @given(models(), SPARSITY)
 def test_global_matches_oracle(mv: tuple[list[tuple[int, int]], list[list[float]]], s: Fraction) -> None:
-    """KMR.prune.knob KMR.prune.global KMR.prune.count KMR.prune.tie-break KMR.prune.zero-value KMR.prune.tensor-order"""
+    """KMR.prune.knob KMR.prune.global KMR.prune.count KMR.prune.tie-break KMR.prune.zero-value
+    KMR.prune.tensor-order"""
     shapes, values = mv
     m = make_model(shapes, values)
     out = MagnitudePruning.for_model(m).apply(m, "sparsity", s)
@@ -174,6 +176,7 @@ def test_nonfinite_raises_and_leaves_model(bad: float) -> None:
     assert tensor_bits(m[0].weight) == before
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element")
 def test_dtype_empty_and_knob_errors() -> None:
     """KMR.prune.dtype, KMR.prune.empty, KMR.knob.domain, KMR.knob.unknown."""
     m = nn.Sequential(nn.Linear(3, 2))

@@ -1,6 +1,7 @@
 """The KMR framework, generic over the model type. Imports no torch (``KMR.core.no-torch``)."""
 
 from kmr_ref.core.budgeted import budgeted_kmr
+from kmr_ref.core.compose import ComposedResult, Phase, PhaseOutcome, composed_kmr
 from kmr_ref.core.errors import (
     BudgetError,
     KMRError,
@@ -17,8 +18,8 @@ from kmr_ref.core.rules import KMRTriple, Rule
 from kmr_ref.core.trace import KMRResult, Status, StepRecord
 
 __all__ = [
-    "BudgetError", "CostMeter", "Exact", "FiniteDomain", "GreedyPolicy", "InformativeMeter", "IntRange",
+    "BudgetError", "ComposedResult", "CostMeter", "Exact", "FiniteDomain", "GreedyPolicy", "InformativeMeter", "IntRange",
     "KMRError", "KMRResult", "KMRTriple", "Knob", "KnobDomainError", "KnobValue", "MeterError", "Policy",
-    "PolicyError", "PolicyState", "Proposal", "QualityMeter", "RealInterval", "Rule", "RuleInputError",
-    "ScheduledPolicy", "Status", "StepRecord", "Stop", "budgeted_kmr", "real_knob", "to_exact",
+    "Phase", "PhaseOutcome", "PolicyError", "PolicyState", "Proposal", "QualityMeter", "RealInterval", "Rule", "RuleInputError",
+    "ScheduledPolicy", "Status", "StepRecord", "Stop", "budgeted_kmr", "composed_kmr", "real_knob", "to_exact",
 ]
