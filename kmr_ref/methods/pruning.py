@@ -95,11 +95,9 @@ class MagnitudePruning:
                 raise KnobDomainError("KMR.knob.unknown", f"the model has no prunable tensor {name!r}")
         for n, t in targets:
             check_float_finite(n, t, "KMR.prune")  # KMR.prune.nonfinite, KMR.prune.dtype, KMR.prune.empty
-        groups: list[list[tuple[str, torch.Tensor]]]
-        if knob == SPARSITY and self.scope == "global":
-            groups = [targets]  # KMR.prune.global
-        else:
-            groups = [[nt] for nt in targets]  # KMR.prune.per-tensor
+        # KMR.prune.global (one group) or KMR.prune.per-tensor (one group per tensor)
+        glob = knob == SPARSITY and self.scope == "global"
+        groups: list[list[tuple[str, torch.Tensor]]] = [targets] if glob else [[nt] for nt in targets]
         out = clone_tree(model)  # KMR.rule.no-mutation
         for g in groups:
             tensors = [t for _, t in g]
