@@ -19,7 +19,7 @@ def test_demo_json_contract(tmp_path: Path) -> None:
         rc = main(["demo", "--fast", "--json", "--out", str(tmp_path)])
     assert rc == 0
     runs = json.loads(buf.getvalue())
-    assert [r["policy"] for r in runs] == ["scheduled", "greedy"]
+    assert [r["policy"] for r in runs] == ["scheduled", "greedy", "prune-then-quantize", "quantize-then-prune"]
     for r in runs:
         for key in ("policy", "status", "budget", "steps", "final"):
             assert key in r
@@ -35,3 +35,9 @@ def test_demo_json_contract(tmp_path: Path) -> None:
         lines = (tmp_path / f"{r['policy']}.trace.jsonl").read_text().splitlines()
         assert [json.loads(x) for x in lines] == r["steps"]
         assert (tmp_path / f"{r['policy']}.safetensors").stat().st_size > 0
+    # KMR.alg10.phase-break: quantizing first leaves 4-bit codes that the prune rule replaces by
+    # float weights, so the first prune step raises storage and the prune phase stalls at once.
+    qp = runs[3]
+    assert [p["name"] for p in qp["phases"]] == ["quantize", "prune"]
+    assert qp["phases"][1]["status"] == "stalled" and qp["steps"][-1]["phase"] == "prune"
+    assert runs[2]["status"] == "feasible" and runs[2]["cost_unit"] == "bit"

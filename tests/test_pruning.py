@@ -224,3 +224,13 @@ def test_conv_and_dtypes_on_available_devices() -> None:
                 got = w.detach().double().cpu().reshape(-1).tolist()
                 exp = [0.0 if (ti, fi) in pruned else x for fi, x in enumerate(vals[ti])]
                 assert got == exp
+
+
+def test_tied_weights_stay_tied() -> None:
+    """KMR.prune.tensor-order: a tensor tied between two modules is pruned once and stays tied."""
+    a, b = nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)
+    b.weight = a.weight
+    m = nn.Sequential(a, nn.ReLU(), b)
+    out = MagnitudePruning.for_model(m).apply(m, "sparsity", Fraction(1, 3))
+    assert out[0].weight is out[2].weight and nonzero_prunable(out) == 6
+    assert m[0].weight is m[2].weight and nonzero_prunable(m) == 9

@@ -1,5 +1,6 @@
 """``kmr demo``: train a small CNN on digits, then Budgeted-KMR with magnitude pruning under the
-scheduled and the greedy policy (the paper's experiments 1 and 2)."""
+scheduled and the greedy policy (the paper's experiments 1 and 2), and Composed-KMR of pruning
+and quantization in both orders under one storage budget (experiment 3)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,13 @@ from kmr_ref.core import (
     StepRecord,
     budgeted_kmr,
 )
+from kmr_ref.core.compose import ComposedResult, Phase, composed_kmr
 from kmr_ref.core.policy import ladder_candidates
 from kmr_ref.core.trace import json_value
 from kmr_ref.examples import digits
 from kmr_ref.methods.pruning import MagnitudePruning, nonzero_meter, nonzero_prunable
+from kmr_ref.methods.quantization import UniformQuantization
+from kmr_ref.methods.storage import composed_storage_meter
 
 
 def register(sub: Any) -> None:
@@ -40,21 +44,29 @@ def register(sub: Any) -> None:
     p.add_argument("--budget", type=str, default="1/5",
                    help="budget as a fraction of the trained model's nonzero weights (default 1/5)")
     p.add_argument("--max-steps", type=int, default=60, help="step limit N (default 60)")
-    p.add_argument("--policy", choices=["scheduled", "greedy", "both"], default="both")
+    p.add_argument("--policy", choices=["scheduled", "greedy", "compose", "all"], default="all",
+                   help="which runs: the two pruning policies, the two compositions, or all (default)")
+    p.add_argument("--storage-budget", type=str, default="1/8",
+                   help="composition budget as a fraction of the trained model's storage bits (default 1/8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
                    help="folder for streamed traces (JSONL, one line per step) and final weights")
     p.set_defaults(func=run)
 
 
-def scheduled_policy() -> Policy[nn.Module]:
-    """Global sparsity 1/10, 2/10, ..., 9/10: one knob, fixed schedule."""
-    return ScheduledPolicy(tuple(Proposal("sparsity", Fraction(i, 10)) for i in range(1, 10)))
+def scheduled_policy(top: int = 9) -> Policy[nn.Module]:
+    """Global sparsity 1/10, 2/10, ..., top/10: one knob, fixed schedule."""
+    return ScheduledPolicy(tuple(Proposal("sparsity", Fraction(i, 10)) for i in range(1, top + 1)))
 
 
 def greedy_policy(rule: MagnitudePruning) -> Policy[nn.Module]:
     """Per-layer knobs: each step raises one layer's sparsity by 1/20; best quality per unit cost."""
     return GreedyPolicy(ladder_candidates([f"sparsity@{n}" for n in rule.tensor_names]))
+
+
+def quant_schedule() -> Policy[nn.Module]:
+    """Bit-width 16, 8, 4 (the int8 and packed 4-bit formats), symmetric per-channel."""
+    return ScheduledPolicy(tuple(Proposal("bits", b) for b in (16, 8, 4)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     rule = MagnitudePruning.for_model(model)
     triple = KMRTriple("magnitude-pruning", rule, nonzero_meter(), digits.accuracy_meter(data.val))
     policies: dict[str, Policy[nn.Module]] = {"scheduled": scheduled_policy(), "greedy": greedy_policy(rule)}
-    names = list(policies) if args.policy == "both" else [args.policy]
+    names = list(policies) if args.policy == "all" else [args.policy] if args.policy != "compose" else []
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
@@ -86,9 +98,53 @@ def run(args: argparse.Namespace) -> int:
             _save(res.model, args.out / f"{name}.safetensors")
         if not args.json:
             _print_table(con, name, res, test_acc, seconds)
+    if args.policy in ("compose", "all"):
+        runs += _compositions(con, model, data, rule, base_test, train_s, args)
     if args.json:
         print(json.dumps(runs, indent=1))
     return 0
+
+
+def _compositions(con: Console, model: nn.Module, data: digits.Digits, rule: MagnitudePruning,
+                  base_test: float, train_s: float, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Algorithm 10 with one storage-bit meter: prune-then-quantize and quantize-then-prune."""
+    cost = composed_storage_meter()
+    budget = Fraction(args.storage_budget) * cost(model)
+    prune = Phase("prune", rule, scheduled_policy(top=5))  # moderate: leave room for quantization
+    quant = Phase("quantize", UniformQuantization(scheme="symmetric", granularity="channel"), quant_schedule())
+    con.print(f"[bold]composition[/]: storage {cost(model)} bits; budget B = {budget} ({args.storage_budget})")
+    runs: list[dict[str, Any]] = []
+    for name, phases in (("prune-then-quantize", [prune, quant]), ("quantize-then-prune", [quant, prune])):
+        t1 = time.perf_counter()
+        log = (args.out / f"{name}.trace.jsonl").open("w") if args.out is not None else None
+
+        def on_record(phase: str, r: StepRecord, log: Any = log) -> None:
+            if log is not None:
+                log.write(json.dumps({**r.to_json(), "phase": phase}) + "\n")
+                log.flush()
+
+        try:
+            out: ComposedResult[nn.Module] = composed_kmr(model, phases, cost, budget, args.max_steps,
+                                                          quality=digits.accuracy_meter(data.val),
+                                                          on_record=on_record)
+        finally:
+            if log is not None:
+                log.close()
+        seconds = time.perf_counter() - t1
+        res = out.result
+        test_acc = digits.accuracy(res.model, data.test)
+        rep = _report(name, res, base_test, test_acc, train_s, seconds)
+        rep["cost_unit"] = "bit"
+        for step, phase in zip(rep["steps"], out.phase_of_record, strict=True):
+            step["phase"] = phase
+        rep["phases"] = [{"name": p.name, "status": p.status.value, "steps": p.steps} for p in out.phases]
+        runs.append(rep)
+        if args.out is not None:
+            _save(res.model, args.out / f"{name}.safetensors")
+        if not args.json:
+            _print_table(con, name, res, test_acc, seconds, out.phase_of_record)
+            con.print("phases: " + ", ".join(f"{p.name} -> {p.status.value}" for p in out.phases) + "\n")
+    return runs
 
 
 def _run_one(con: Console, name: str, model: nn.Module, triple: KMRTriple[nn.Module],
@@ -125,12 +181,15 @@ def _report(name: str, res: KMRResult[nn.Module], base_test: float, test_acc: fl
     }
 
 
-def _print_table(con: Console, name: str, res: KMRResult[nn.Module], test_acc: float, seconds: float) -> None:
-    tab = Table(title=f"Budgeted-KMR, {name} policy (budget {res.budget})")
+def _print_table(con: Console, name: str, res: KMRResult[nn.Module], test_acc: float, seconds: float,
+                 phases: tuple[str, ...] | None = None) -> None:
+    what = f"Composed-KMR, {name}" if phases else f"Budgeted-KMR, {name} policy"
+    tab = Table(title=f"{what} (budget {res.budget})")
     for col in ("t", "knob = value", "cost", "val acc", "accepted"):
         tab.add_column(col, justify="right" if col != "knob = value" else "left")
-    for r in res.trace:
-        tab.add_row(str(r.t), f"{r.knob} = {r.value}", str(r.cost_after),
+    for i, r in enumerate(res.trace):
+        knob = f"{phases[i]}: {r.knob} = {r.value}" if phases else f"{r.knob} = {r.value}"
+        tab.add_row(str(r.t), knob, str(r.cost_after),
                     "" if r.quality is None else f"{r.quality:.4f}", "yes" if r.accepted else f"no ({r.reason})")
     con.print(tab)
     q = "" if res.quality_final is None else f"{res.quality_final:.4f}"

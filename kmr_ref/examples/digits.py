@@ -63,7 +63,7 @@ def train(data: Digits, epochs: int = 30, seed: int = 0, device: str = "cpu") ->
             idx = perm[i:i + 64]
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
     model.eval()
     for p in model.parameters():

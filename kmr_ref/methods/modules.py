@@ -32,6 +32,9 @@ def clone_tree(module: nn.Module) -> nn.Module:
             d = m.__dict__.get(attr)
             if isinstance(d, dict):
                 c.__dict__[attr] = OrderedDict(d)
+        nps = m.__dict__.get("_non_persistent_buffers_set")
+        if isinstance(nps, set):
+            c.__dict__["_non_persistent_buffers_set"] = set(nps)
         for name, child in m._modules.items():
             c._modules[name] = None if child is None else rec(child)
         return c
@@ -40,14 +43,16 @@ def clone_tree(module: nn.Module) -> nn.Module:
 
 
 def set_parameter(root: nn.Module, qualified: str, value: torch.Tensor) -> None:
-    """Replace parameter ``qualified`` (e.g. ``"features.0.weight"``) in ``root`` (a clone)."""
+    """Replace parameter ``qualified`` (e.g. ``"features.0.weight"``) in ``root`` (a clone), and
+    every other name that holds the same tensor (tied weights stay tied)."""
     *path, leaf = qualified.split(".")
-    m = root
-    for p in path:
-        m = m.get_submodule(p) if p else m
-    old = m._parameters[leaf]
+    old = root.get_submodule(".".join(path))._parameters[leaf] if path else root._parameters[leaf]
     req = old.requires_grad if old is not None else False
-    m._parameters[leaf] = nn.Parameter(value, requires_grad=req)
+    new = nn.Parameter(value, requires_grad=req)
+    for mod in root.modules():
+        for k, p in mod._parameters.items():
+            if p is old:
+                mod._parameters[k] = new
 
 
 def set_submodule(root: nn.Module, qualified: str, new: nn.Module) -> None:
