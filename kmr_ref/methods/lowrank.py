@@ -43,12 +43,17 @@ def _matrix(m: nn.Module) -> torch.Tensor:
         a = _matrix(m[0]).to(torch.float64)
         b = _matrix(m[1]).to(torch.float64)
         return b @ a
-    w = m.weight.detach()  # type: ignore[union-attr, operator]
+    w = _layer(m).weight.detach()
     return w.reshape(w.shape[0], -1)
 
 
+def _layer(m: nn.Module) -> nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d:
+    assert isinstance(m, (nn.Linear, *_CONV))
+    return m
+
+
 def _inner_rank(m: nn.Module) -> int | None:
-    return int(m[0].weight.shape[0]) if isinstance(m, LowRankFactors) else None  # type: ignore[union-attr]
+    return int(_layer(m[0]).weight.shape[0]) if isinstance(m, LowRankFactors) else None
 
 
 def signed_svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,22 +80,20 @@ def energy_rank(s: torch.Tensor, energy: Fraction) -> int:
 
 def factorize(mod: nn.Module, r: int) -> LowRankFactors:
     """``KMR.lowrank.split`` / ``KMR.lowrank.conv``: the two-layer replacement of ``mod`` at rank r."""
-    base = mod[0] if isinstance(mod, LowRankFactors) else mod
-    last = mod[1] if isinstance(mod, LowRankFactors) else mod
+    base = _layer(mod[0] if isinstance(mod, LowRankFactors) else mod)
+    last = _layer(mod[1] if isinstance(mod, LowRankFactors) else mod)
     w = _matrix(mod)
-    wt = base.weight  # type: ignore[union-attr]
-    assert isinstance(wt, torch.Tensor)
+    wt = base.weight
     dtype, device = wt.dtype, wt.device
     u, s, vh = signed_svd(w)
     root = s[:r].sqrt()
     a = (root[:, None] * vh[:r]).to(dtype=dtype, device=device)  # KMR.lowrank.split: sqrt(S_r) V_r^T
     b = (u[:, :r] * root[None, :]).to(dtype=dtype, device=device)  # KMR.lowrank.split: U_r sqrt(S_r)
-    bias = last.bias  # type: ignore[union-attr]
-    assert bias is None or isinstance(bias, torch.Tensor)
+    bias = last.bias
     req = wt.requires_grad
     first: nn.Module
     second: nn.Module
-    if isinstance(base, nn.Linear):
+    if isinstance(base, nn.Linear):  # KMR.lowrank.equivalence: x -> B(Ax) + b
         first = nn.Linear(base.in_features, r, bias=False, device=device, dtype=dtype)
         second = nn.Linear(r, int(w.shape[0]), bias=bias is not None, device=device, dtype=dtype)
         first.weight = nn.Parameter(a.contiguous(), requires_grad=req)
@@ -127,7 +130,8 @@ class LowRank:
         return cls(tuple(n for n, _ in targets(model, None)))
 
     def knobs(self) -> Sequence[Knob]:
-        ks = [Knob("rank", IntRange(1, RANK_MAX), "decreasing"), Knob("energy", energy_domain(), "decreasing")]
+        ks = [Knob("rank", IntRange(1, RANK_MAX), "decreasing"),
+              Knob("energy", energy_domain(), "decreasing")]
         for n in self.layers or ():
             ks += [Knob(f"rank@{n}", IntRange(1, RANK_MAX), "decreasing"),
                    Knob(f"energy@{n}", energy_domain(), "decreasing")]
@@ -137,13 +141,15 @@ class LowRank:
         kind, _, target = knob.partition("@")
         k = find_knob(self.knobs(), knob)  # KMR.knob.unknown
         if kind == "rank" and isinstance(value, int) and not isinstance(value, bool) and value <= 0:
-            raise KnobDomainError(f"{CLAUSE}.rank-range", f"rank must be >= 1, got {value}")  # KMR.lowrank.rank-range
+            # KMR.lowrank.rank-range
+            raise KnobDomainError(f"{CLAUSE}.rank-range", f"rank must be >= 1, got {value}")
         v = k.check(value)  # KMR.knob.domain
         scope = targets(model, self.layers)
-        if target:
+        if target:  # KMR.lowrank.per-layer-knob
             scope = [(n, m) for n, m in scope if n == target]
             if not scope:
-                raise RuleInputError(f"{CLAUSE}.scope", f"{target!r} is not a factorizable layer of this model")
+                raise RuleInputError(f"{CLAUSE}.scope",
+                                     f"{target!r} is not a factorizable layer of this model")
         for name, mod in scope:
             for pn, t in mod.named_parameters():
                 check_float_finite(f"{name}.{pn}", t, CLAUSE)  # KMR.lowrank.dtype/.empty/.nonfinite
@@ -152,18 +158,19 @@ class LowRank:
             w = _matrix(mod)
             m, n = int(w.shape[0]), int(w.shape[1])
             if kind == "rank":
-                r = int(v)  # type: ignore[arg-type]
+                r = int(v)
                 if r >= min(m, n):  # KMR.lowrank.rank-range
-                    raise RuleInputError(f"{CLAUSE}.rank-range", f"{name}: rank {r} >= min(m, n) = {min(m, n)}")
+                    raise RuleInputError(f"{CLAUSE}.rank-range",
+                                         f"{name}: rank {r} >= min(m, n) = {min(m, n)}")
             else:
-                r = energy_rank(signed_svd(w)[1], Fraction(v))  # type: ignore[arg-type]
+                r = energy_rank(signed_svd(w)[1], Fraction(v))
             r0 = _inner_rank(mod)
             if r0 is not None and r >= r0:  # KMR.lowrank.refactor: never raises the rank
                 continue
             if not r * (m + n) < m * n:  # KMR.lowrank.applicable
                 continue
             plan.append((name, mod, r))
-        new = clone_tree(model)
+        new = clone_tree(model)  # KMR.lowrank.sharing
         for name, mod, r in plan:
             if name == "":
                 return factorize(mod, r)  # the model itself is the one layer in scope
@@ -203,7 +210,8 @@ def targets(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, 
             owners[id(p)] = owners.get(id(p), 0) + 1
     for n, m in out:
         if uses[id(m)] > 1 or any(owners[id(p)] > 1 for p in m.parameters()):
-            raise RuleInputError(f"{CLAUSE}.scope", f"{n!r} is shared (module or parameter); cannot replace it")
+            raise RuleInputError(f"{CLAUSE}.scope",
+                                 f"{n!r} is shared (module or parameter); cannot replace it")
     return out
 
 
@@ -212,10 +220,12 @@ def _factorizable(m: nn.Module) -> bool:
         if len(m) != 2:
             return False
         a, b = m[0], m[1]
-        if type(a) is not type(b) or not _factorizable(a) or a.bias is not None:
+        if type(a) is not type(b) or not _factorizable(a) or not _factorizable(b):
+            return False
+        if _layer(a).bias is not None:
             return False
         if isinstance(b, _CONV):
             return (all(k == 1 for k in b.kernel_size) and all(x == 1 for x in b.stride)
-                    and all(x == 0 for x in b.padding) and all(x == 1 for x in b.dilation))  # type: ignore[union-attr]
+                    and b.padding in ((0,), (0, 0), (0, 0, 0)) and all(x == 1 for x in b.dilation))
         return True
-    return type(m) is nn.Linear or (type(m) in _CONV and m.groups == 1)  # type: ignore[union-attr]
+    return type(m) is nn.Linear or (isinstance(m, _CONV) and type(m) in _CONV and m.groups == 1)

@@ -66,8 +66,8 @@ def group_shape(shape: Sequence[int], granularity: Granularity, group_size: int)
         if isinstance(group_size, bool) or not isinstance(group_size, int) or not 1 <= group_size <= MAX_GROUP_SIZE:
             raise KnobDomainError("KMR.quant.groups", f"group_size must be an integer in [1, 2^31], got {group_size!r}")
         if r % group_size != 0:  # KMR.quant.group-divides
-            raise RuleInputError("KMR.quant.group-divides",
-                                 f"group_size {group_size} does not divide the row length R = {r} (shape {list(shape)})")
+            raise RuleInputError("KMR.quant.group-divides", f"group_size {group_size} does not divide the "
+                                 f"row length R = {r} (shape {list(shape)})")
         return n // group_size, group_size
     raise ValueError(f"unknown granularity {granularity!r}")
 
@@ -85,10 +85,9 @@ def quantize_groups(w2d: torch.Tensor, bits: int, scheme: Scheme) -> tuple[torch
     lo = torch.minimum(w.amin(dim=1), zero)  # KMR.quant.range
     hi = torch.maximum(w.amax(dim=1), zero)  # KMR.quant.range
     qmax_t = torch.full_like(lo, float(qmax))
-    if scheme == "symmetric":
-        scale = torch.maximum(-lo, hi) / qmax_t  # KMR.quant.scale: one correctly rounded fp32 division
-    else:
-        scale = (hi - lo) / qmax_t  # KMR.quant.scale: fp32 subtraction, then fp32 division
+    # KMR.quant.scale: symmetric max(-lo, hi) / qmax; asymmetric fp32(hi - lo) / qmax (IEEE fp32 ops)
+    span = torch.maximum(-lo, hi) if scheme == "symmetric" else hi - lo
+    scale = span / qmax_t  # KMR.quant.scale: one correctly rounded fp32 division
     scale = torch.maximum(scale, torch.full_like(scale, SCALE_FLOOR))  # KMR.quant.scale-floor
     inv_scale = torch.ones_like(scale) / scale  # KMR.quant.rounding: one division per group
     if scheme == "symmetric":
@@ -157,8 +156,8 @@ def kept_codes(module: nn.Module, pname: str) -> KeptCodes | None:
     if tuple(p.shape) != rec.shape or p.dtype != rec.dtype:
         return None
     kc = KeptCodes(rec, codes, scale, zp)
-    dq = kc.dequantized().contiguous()
-    if not torch.equal(dq.view(torch.uint8), p.detach().contiguous().view(torch.uint8)):
+    dq = kc.dequantized().reshape(-1)
+    if not torch.equal(dq.view(torch.uint8), p.detach().reshape(-1).view(torch.uint8)):
         return None
     return kc
 

@@ -111,7 +111,7 @@ def _channels_out(m: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) -> int:
 def analyse(model: nn.Module) -> list[Layer]:
     """The Conv/Linear layers of ``model`` in execution order, or RuleInputError
     ``KMR.structured.unsupported-graph``. The last layer is the output layer (never pruned)."""
-    if not _is_sequential(model):
+    if not _is_sequential(model):  # KMR.structured.supported-graph
         raise _unsupported(f"the model must be an nn.Sequential stack, got {type(model).__name__}")
     leaves = list(_leaves(model, ""))
     seen: set[int] = set()
@@ -240,7 +240,7 @@ class StructuredPruning:
         return cls(p, scope, tuple(lay.name for lay in analyse(model)[:-1]))
 
     def knobs(self) -> Sequence[Knob]:
-        ks = [Knob("fraction", fraction_domain(), "increasing")]
+        ks = [Knob("fraction", fraction_domain(), "increasing")]  # KMR.structured.knob
         ks += [Knob(f"fraction@{n}", fraction_domain(), "increasing") for n in self.layers]
         return ks
 
@@ -256,13 +256,13 @@ class StructuredPruning:
                 for pn, t in b.named_parameters():
                     check_float_finite(f"{bq}.{pn}", t, CLAUSE)
         scores = [channel_scores(lay.module.weight, self.p) for lay in prunable]
-        if knob == "fraction" and self.scope == "global":
+        if knob == "fraction" and self.scope == "global":  # KMR.structured.scope
             fan = [int(lay.module.weight[0].numel()) for lay in prunable]
             removed = removed_global(scores, fan, frac)
         elif knob == "fraction":
             removed = [removed_per_layer(s, frac) for s in scores]
         else:
-            target = knob.split("@", 1)[1]
+            target = knob.split("@", 1)[1]  # KMR.structured.per-layer-knob
             names = [lay.name for lay in prunable]
             if target not in names:
                 raise RuleInputError(f"{CLAUSE}.per-layer-knob",
@@ -276,7 +276,7 @@ def remove_channels(model: nn.Module, layers: list[Layer], removed: Sequence[Seq
     """``KMR.structured.removal``: physically remove channels ``removed[l]`` of layer l (l over the
     prunable layers ``layers[:-1]``) and the matching BN channels and next-layer inputs.
     Kept channels keep their relative order; tensors of untouched modules are shared."""
-    new = clone_tree(model)
+    new = clone_tree(model)  # KMR.structured.sharing: untouched tensors are shared, none is modified
     n = len(layers)
     keep_out: list[list[int] | None] = [None] * n
     for li, rem in enumerate(removed):
@@ -302,7 +302,7 @@ def remove_channels(model: nn.Module, layers: list[Layer], removed: Sequence[Seq
             w = w.index_select(0, torch.tensor(ko, dtype=torch.long, device=dev))  # KMR.structured.removal
             if src.bias is not None:
                 set_parameter(new, f"{lay.name}.bias",
-                              src.bias.detach().index_select(0, torch.tensor(ko, dtype=torch.long, device=dev)))
+                              src.bias.detach().index_select(0, _index(ko, src.bias)))
             if isinstance(mod, nn.Linear):
                 mod.out_features = len(ko)
             else:
@@ -317,7 +317,7 @@ def remove_channels(model: nn.Module, layers: list[Layer], removed: Sequence[Seq
                     if buf is not None:
                         bmod._buffers[bn_name] = buf.index_select(0, _index(ko, buf))
                 bmod.num_features = len(ko)
-        if ki is not None:  # KMR.structured.next-layer
+        if ki is not None:  # KMR.structured.next-layer-inputs
             w = w.index_select(1, torch.tensor(ki, dtype=torch.long, device=dev))
             if isinstance(mod, nn.Linear):
                 mod.in_features = len(ki)
