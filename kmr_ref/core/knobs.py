@@ -62,17 +62,26 @@ class IntRange:
 
 @dataclass(frozen=True)
 class RealInterval:
-    """``KMR.knob.domain-real``: rationals in ``[lo, hi]``; ``step`` (if set) is the policy grid
-    ``lo, lo+step, ...`` (the grid guides policies; any exact value in the interval is admissible)."""
+    """``KMR.knob.domain-real``: rationals in ``[lo, hi]`` (an end may be open: ``lo_open``,
+    ``hi_open``); ``step`` (if set) is the policy grid ``lo, lo+step, ...`` without open ends
+    (the grid guides policies; any exact value in the interval is admissible)."""
 
     lo: Fraction
     hi: Fraction
     step: Fraction | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, q: Fraction | int) -> bool:
+        above = self.lo < q if self.lo_open else self.lo <= q
+        below = q < self.hi if self.hi_open else q <= self.hi
+        return above and below
 
     def normalize(self, v: object) -> KnobValue:
         q = to_exact(v, clause="KMR.knob.domain-real", error=KnobDomainError, what="knob value")
-        if not self.lo <= q <= self.hi:
-            raise KnobDomainError("KMR.knob.domain-real", f"{q} is outside [{self.lo}, {self.hi}]")
+        if not self.contains(q):
+            raise KnobDomainError("KMR.knob.domain-real", f"{q} is outside {'(' if self.lo_open else '['}"
+                                  f"{self.lo}, {self.hi}{')' if self.hi_open else ']'}")
         return q
 
     def grid(self) -> Iterator[KnobValue]:
@@ -80,7 +89,8 @@ class RealInterval:
             raise KnobDomainError("KMR.knob.domain-real", "this interval has no grid step")
         x = self.lo
         while x <= self.hi:
-            yield x if x.denominator != 1 else int(x.numerator)
+            if self.contains(x):
+                yield x if x.denominator != 1 else int(x.numerator)
             x += self.step
 
 

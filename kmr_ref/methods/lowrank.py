@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
-from kmr_ref.core.knobs import IntRange, Knob, KnobValue, find_knob
+from kmr_ref.core.knobs import IntRange, Knob, KnobValue, RealInterval, find_knob
 from kmr_ref.methods.modules import check_float_finite, clone_tree, set_submodule
-from kmr_ref.methods.structured import OpenInterval
 
 CLAUSE = "KMR.lowrank"
 RANK_MAX = 1 << 20  # the static upper end of the `rank` knob's domain; layers refuse r >= min(m, n)
@@ -32,9 +31,9 @@ class LowRankFactors(nn.Sequential):
     application and re-factorizes the product (``KMR.lowrank.refactor``)."""
 
 
-def energy_domain() -> OpenInterval:
+def energy_domain() -> RealInterval:
     """``KMR.lowrank.energy``: rationals in (0, 1], policy grid 1/20, ..., 1."""
-    return OpenInterval(Fraction(0), Fraction(1), Fraction(1, 20), lo_open=True)
+    return RealInterval(Fraction(0), Fraction(1), Fraction(1, 20), lo_open=True)
 
 
 def _matrix(m: nn.Module) -> torch.Tensor:

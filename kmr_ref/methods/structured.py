@@ -41,32 +41,9 @@ _POOL = (
 )
 
 
-@dataclass(frozen=True)
-class OpenInterval(RealInterval):
-    """A RealInterval whose ends may be open: ``KMR.structured.knob`` needs [0, 1), and
-    ``KMR.lowrank.energy`` needs (0, 1]. The grid skips an open end."""
-
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def normalize(self, v: object) -> KnobValue:
-        q = super().normalize(v)
-        if (self.lo_open and q == self.lo) or (self.hi_open and q == self.hi):
-            raise KnobDomainError("KMR.knob.domain-real",
-                                  f"{q} is outside {'(' if self.lo_open else '['}{self.lo}, "
-                                  f"{self.hi}{')' if self.hi_open else ']'}")
-        return q
-
-    def grid(self) -> Iterator[KnobValue]:
-        for x in super().grid():
-            if (self.lo_open and x == self.lo) or (self.hi_open and x == self.hi):
-                continue
-            yield x
-
-
-def fraction_domain() -> OpenInterval:
+def fraction_domain() -> RealInterval:
     """``KMR.structured.knob``: rationals in [0, 1), policy grid 0, 1/20, ..., 19/20."""
-    return OpenInterval(Fraction(0), Fraction(1), Fraction(1, 20), hi_open=True)
+    return RealInterval(Fraction(0), Fraction(1), Fraction(1, 20), hi_open=True)
 
 
 # ---------------------------------------------------------------------------------------------
