@@ -44,7 +44,7 @@ def algorithm_box(tag: str) -> list[str]:
         raise ValueError(f"algorithm tag must look like 'alg1', got {tag!r}")
     head = f"Algorithm {m.group(1)} "
     for f in spec_files():
-        blocks = re.findall(r"```\n(.*?)```", f.read_text(encoding="utf-8"), flags=re.S)
+        blocks: list[str] = re.findall(r"```\n(.*?)```", f.read_text(encoding="utf-8"), flags=re.S)
         for b in blocks:
             if b.startswith(head):
                 return b.rstrip("\n").splitlines()

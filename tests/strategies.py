@@ -9,11 +9,10 @@ caller's model would be visible.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -31,16 +30,12 @@ from kmr_ref.core import (
     Stop,
     real_knob,
 )
-
-SPEC_DIR = Path(__file__).resolve().parent.parent / "spec"
+from kmr_ref.spec_index import defined_clauses
 
 
 def spec_clause_ids() -> set[str]:
-    """Every clause ID written in backticks anywhere in ``spec/**/*.md``."""
-    ids: set[str] = set()
-    for p in SPEC_DIR.rglob("*.md"):
-        ids.update(re.findall(r"`(KMR\.[A-Za-z0-9_.+-]*[A-Za-z0-9_+-])`", p.read_text(encoding="utf-8")))
-    return ids
+    """Every clause ID defined in spec/ (as read by ``kmr_ref.spec_index``)."""
+    return set(defined_clauses())
 
 
 def assert_clause_error(exc: BaseException, cls: type[KMRError], clause: str | None = None) -> None:
@@ -86,6 +81,8 @@ def expected_normal(knob: str, value: object) -> KnobValue:
     """The normalized value of an in-domain proposal, written independently of kmr_ref.core:
     floats denote ``Fraction(repr(x))`` (``KMR.exact.binary64``)."""
     q: object = Fraction(repr(value)) if isinstance(value, float) else value
+    if isinstance(q, str) and knob != "f":
+        q = Fraction(q)
     if knob == "f":
         for u in (1, Fraction(1, 2), "a"):
             if isinstance(u, str) == isinstance(q, str) and u == q:
@@ -99,7 +96,7 @@ def expected_normal(knob: str, value: object) -> KnobValue:
 def in_domain_proposals(draw: st.DrawFn) -> Proposal:
     """A proposal for a toy knob with an admissible value, in any accepted spelling."""
     k = draw(st.sampled_from(["i", "f", "r"]))
-    v: KnobValue | float
+    v: Any
     if k == "i":
         v = draw(st.one_of(st.integers(0, 9), st.integers(0, 9).map(float), st.integers(0, 9).map(Fraction)))
     elif k == "f":
@@ -110,7 +107,7 @@ def in_domain_proposals(draw: st.DrawFn) -> Proposal:
             st.sampled_from([0.0, 0.25, 0.7, 1.0, 0.1, 1e-300]),
             st.sampled_from(["1/3", "7/10", "0", "1"]),
         ))
-    return Proposal(k, v)  # type: ignore[arg-type]  # floats are admissible spellings
+    return Proposal(k, v)  # floats are admissible spellings
 
 
 # --- scripted rule and policy --------------------------------------------------------------------
@@ -192,5 +189,6 @@ initial_vals = st.lists(st.integers(0, 12), min_size=1, max_size=4)
 
 def exact_of_budget(b: object) -> int | Fraction:
     """The rational a budget denotes, written independently of kmr_ref.core."""
-    q = Fraction(repr(b)) if isinstance(b, float) else Fraction(b)  # type: ignore[arg-type]
+    assert isinstance(b, int | float | str | Fraction)
+    q = Fraction(repr(b)) if isinstance(b, float) else Fraction(b)
     return int(q) if q.denominator == 1 else q

@@ -8,8 +8,10 @@ itself, without the oracle.
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -51,10 +53,12 @@ STATUSES = {"feasible", "stalled", "step-limit", "policy-stop", "interrupted"}
 
 
 def oracle(c0: int, B: int | Fraction, N: int, actions: list[PolicyAction],
-           ds: list[int]) -> tuple[str, list[tuple[int, int, int, bool]]]:
+           ds: list[int]) -> tuple[str, list[tuple[int, int | Fraction, int | Fraction, bool]]]:
     """Algorithm 1 of spec/kmr.md §7 over scripted events. Returns the status and the trace as
     (t, cost_before, cost_after, accepted). Policy and rule are each called once per iteration."""
-    c, t, trace = c0, 0, []
+    c: int | Fraction = c0
+    t = 0
+    trace: list[tuple[int, int | Fraction, int | Fraction, bool]] = []
     while c > B:  # line 2
         if t == N:  # line 3
             return "step-limit", trace
@@ -87,7 +91,7 @@ def check_prop1(res: KMRResult[Box], m0: Box, N: int, B: int | Fraction, rule: S
     assert tr[: len(acc)] == acc
     assert len(rej) <= 1
     assert [r.t for r in tr] == list(range(len(tr)))
-    prev = c0
+    prev: int | Fraction = c0
     for r in tr:
         assert r.cost_before == prev
         assert r.reason == ("accepted" if r.accepted else "not-strictly-lower")
@@ -96,7 +100,7 @@ def check_prop1(res: KMRResult[Box], m0: Box, N: int, B: int | Fraction, rule: S
     assert streamed == tr  # on_record streams exactly the final trace, in order
     # KMR.prop1.monotone
     costs = [c0] + [r.cost_after for r in acc]
-    assert all(b < a for a, b in zip(costs, costs[1:], strict=False))
+    assert all(b < a for a, b in itertools.pairwise(costs))
     assert res.cost_final <= c0
     # KMR.prop1.termination
     assert len(acc) <= N and len(tr) <= N
@@ -137,7 +141,7 @@ def test_alg1_matches_box_and_prop1(vals: list[int], budget: int | Fraction, n: 
     KMR.alg1.strict-progress, KMR.alg1.accept, KMR.alg1.early-break, KMR.alg1.step,
     KMR.alg1.feasible, KMR.alg1.return, KMR.trace.record, KMR.policy.state, KMR.meter.quality,
     KMR.prop1.monotone, KMR.prop1.termination, KMR.prop1.status-truthful,
-    KMR.prop1.integer-bound, KMR.prop1.last-accepted, KMR.budget.
+    KMR.prop1.integer-bound, KMR.prop1.last-accepted, KMR.budget.def.
 
     Adversarial rule (cost-lowering, -repeating and -raising steps) and policy (stops anywhere)."""
     m0 = Box(vals)
@@ -222,7 +226,12 @@ def test_budget_refused(budget: object) -> None:
     refused with BudgetError before any meter or rule runs."""
     calls: list[Box] = []
     rule = ScriptedRule([-1])
-    tri = toy_triple(rule, cost=lambda b: calls.append(b) or 5)
+
+    def cost(b: Box) -> int:
+        calls.append(b)
+        return 5
+
+    tri = toy_triple(rule, cost=cost)
     with pytest.raises(BudgetError) as ei:
         budgeted_kmr(Box([5]), tri, ScriptedPolicy([Proposal("i", 1)]), budget, 3)
     assert_clause_error(ei.value, BudgetError, "KMR.alg1.validate")
@@ -311,7 +320,7 @@ def test_interrupt_on_feasible_step_reports_feasible() -> None:
 def test_rule_errors_propagate(vals: list[int], j: int, bad: BaseException) -> None:
     """KMR.rule.domain-error, KMR.rule.no-mutation: an error raised by the rule at step j
     propagates unchanged (it is not swallowed as a stall) and the caller's model is untouched."""
-    ds: list[int | Interrupt | BaseException] = [-1] * j + [bad]
+    ds: list[int | Interrupt | BaseException] = [*([-1] * j), bad]
     m0 = Box(vals)
     with pytest.raises(type(bad)) as ei:
         budgeted_kmr(m0, toy_triple(ScriptedRule(ds)), ScriptedPolicy([Proposal("i", 1)] * 10), -1, 10)
@@ -319,12 +328,14 @@ def test_rule_errors_propagate(vals: list[int], j: int, bad: BaseException) -> N
     assert m0.snapshot() == tuple(vals)
 
 
-@given(vals=st.lists(st.integers(1, 12), min_size=1, max_size=4), j=st.integers(0, 3),
-       bad=st.sampled_from([Proposal("nope", 1), Proposal("i", 10), Proposal("i", -1), Proposal("i", 2.5),
-                            Proposal("i", True), Proposal("f", 2), Proposal("f", "b"), Proposal("f", False),
-                            Proposal("r", Fraction(5, 4)), Proposal("r", -0.1), Proposal("r", math.nan),
-                            Proposal("r", math.inf), Proposal("r", "x"), Proposal("r", True),
-                            Proposal("r", [0])]))  # type: ignore[arg-type]
+_BAD: list[tuple[str, Any]] = [
+    ("nope", 1), ("i", 10), ("i", -1), ("i", 2.5), ("i", True), ("f", 2), ("f", "b"), ("f", False),
+    ("r", Fraction(5, 4)), ("r", -0.1), ("r", math.nan), ("r", math.inf), ("r", "x"), ("r", True), ("r", [0])]
+BAD_PROPOSALS = [Proposal(k, v) for k, v in _BAD]
+
+
+@given(vals=st.lists(st.integers(4, 12), min_size=1, max_size=4), j=st.integers(0, 3),
+       bad=st.sampled_from(BAD_PROPOSALS))
 def test_out_of_domain_and_unknown_knob(vals: list[int], j: int, bad: Proposal) -> None:
     """KMR.alg1.knob-domain, KMR.knob.domain, KMR.knob.unknown, KMR.error.names-clause: a proposal
     with an unknown knob or an inadmissible value raises KnobDomainError before the rule runs;
@@ -333,7 +344,8 @@ def test_out_of_domain_and_unknown_knob(vals: list[int], j: int, bad: Proposal) 
     m0 = Box(vals)
     with pytest.raises(KnobDomainError) as ei:
         budgeted_kmr(m0, toy_triple(rule), ScriptedPolicy([Proposal("i", 1)] * j + [bad]), -1, 10)
-    clause = "KMR.knob.unknown" if bad.knob == "nope" else f"KMR.knob.domain-{dict(i='int', f='finite', r='real')[bad.knob]}"
+    kinds = {"i": "int", "f": "finite", "r": "real"}
+    clause = "KMR.knob.unknown" if bad.knob == "nope" else f"KMR.knob.domain-{kinds[bad.knob]}"
     assert_clause_error(ei.value, KnobDomainError, clause)
     assert len(rule.calls) == j  # the rule never saw the bad value
     assert m0.snapshot() == tuple(vals)
@@ -381,7 +393,7 @@ def test_quality_meter_not_real(bad: object) -> None:
        steps=st.lists(st.fractions(min_value=0, max_value=20, max_denominator=9), max_size=6),
        budget=st.fractions(min_value=0, max_value=20, max_denominator=9), n=st.integers(0, 7))
 def test_rational_costs(c0: Fraction, steps: list[Fraction], budget: Fraction, n: int) -> None:
-    """KMR.meter.cost-exact, KMR.budget, KMR.alg1.strict-progress, KMR.prop1.monotone,
+    """KMR.meter.cost-exact, KMR.budget.def, KMR.alg1.strict-progress, KMR.prop1.monotone,
     KMR.prop1.status-truthful: rational costs compared exactly (a cost table indexed by Box length)."""
     table = [c0, *steps]
 
@@ -396,10 +408,7 @@ def test_rational_costs(c0: Fraction, steps: list[Fraction], budget: Fraction, n
         if t == n:
             exp = "step-limit"
             break
-        if t + 1 >= len(table):
-            c2 = table[-1]
-        else:
-            c2 = table[t + 1]
+        c2 = table[min(t + 1, len(table) - 1)]
         if not c2 < c:
             exp = "stalled"
             break

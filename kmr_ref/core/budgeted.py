@@ -58,9 +58,9 @@ def budgeted_kmr(
             c_new = triple.cost(m_new)  # KMR.alg1.measure
             q_new = Q(m_new) if Q is not None else None
             if c_new < c_cur:  # KMR.alg1.strict-progress
-                rec = StepRecord(t, p.knob, v, c_cur, c_new, q_new, True, "accepted")
+                trace.append(StepRecord(t, p.knob, v, c_cur, c_new, q_new, True, "accepted"))
                 m_cur, c_cur, q_cur = m_new, c_new, q_new  # KMR.alg1.accept
-                trace.append(rec)
+                rec = trace[-1]
                 if on_record is not None:
                     on_record(rec)
             else:
@@ -73,6 +73,8 @@ def budgeted_kmr(
             t += 1  # KMR.alg1.step
     except KeyboardInterrupt:  # KMR.alg1.interrupt
         status = Status.INTERRUPTED
+        if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
+            m_cur, c_cur, q_cur = m_new, c_new, q_new  # interrupted between recording and accepting
     if c_cur <= B:  # KMR.alg1.feasible
         status = Status.FEASIBLE
     assert status is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from numbers import Rational
+from numbers import Rational, Real
 
 from kmr_ref.core.errors import KMRError
 
@@ -24,12 +24,15 @@ def to_exact(x: object, *, clause: str, error: type[KMRError], what: str) -> Exa
         return x
     if isinstance(x, Fraction):
         return x if x.denominator != 1 else int(x.numerator)
-    if isinstance(x, Rational):
-        return Fraction(int(x.numerator), int(x.denominator))
+    if isinstance(x, Rational):  # e.g. numpy integers
+        r = Fraction(int(x.numerator), int(x.denominator))
+        return r if r.denominator != 1 else int(r.numerator)
+    if isinstance(x, Real) and not isinstance(x, float):  # e.g. numpy.float32: its exact binary64 value
+        x = float(x)
     if isinstance(x, float):
         if not math.isfinite(x):
             raise error(clause, f"{what} must be finite, got {x!r}")
-        q = Fraction(repr(x))  # KMR.exact.binary64
+        q = Fraction(float.__repr__(x))  # KMR.exact.binary64 (float.__repr__: numpy subclasses too)
         return q if q.denominator != 1 else int(q.numerator)
     if isinstance(x, str):
         try:

@@ -46,6 +46,10 @@ class IntRange:
     lo: int
     hi: int
 
+    def __post_init__(self) -> None:
+        if self.lo > self.hi:
+            raise KnobDomainError("KMR.knob.domain-int", f"empty range {self.lo}..{self.hi}")
+
     def normalize(self, v: object) -> KnobValue:
         if isinstance(v, bool) or not isinstance(v, int):
             q = _exact_or_none(v)
@@ -71,6 +75,10 @@ class RealInterval:
     step: Fraction | None = None
     lo_open: bool = False
     hi_open: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lo > self.hi or (self.lo == self.hi and (self.lo_open or self.hi_open)):
+            raise KnobDomainError("KMR.knob.domain-real", f"empty interval {self.lo}, {self.hi}")
 
     def contains(self, q: Fraction | int) -> bool:
         above = self.lo < q if self.lo_open else self.lo <= q

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
@@ -44,6 +45,9 @@ class QualityMeter(Generic[M]):
         q = self.fn(model)
         if isinstance(q, bool) or not isinstance(q, (int, float)):
             raise MeterError("KMR.meter.quality", f"quality meter {self.name!r} returned {type(q).__name__}")
+        if not math.isfinite(q):
+            raise MeterError("KMR.meter.quality",
+                             f"quality meter {self.name!r} returned {q!r}; a finite real is required")
         return float(q)
 
 

@@ -8,7 +8,7 @@ from fractions import Fraction
 from typing import Generic, Protocol, TypeVar
 
 from kmr_ref.core.exact import Exact
-from kmr_ref.core.knobs import KnobValue
+from kmr_ref.core.knobs import KnobValue, find_knob
 from kmr_ref.core.rules import KMRTriple
 from kmr_ref.core.trace import StepRecord
 
@@ -80,7 +80,8 @@ class GreedyPolicy(Generic[M]):
         best: tuple[Fraction, Exact, int] | None = None
         best_p: Proposal | None = None
         for i, p in enumerate(self.candidates(state)):
-            m2 = tri.rule.apply(state.model, p.knob, p.value)
+            v = find_knob(tri.knobs, p.knob).check(p.value)  # KMR.knob.domain, as Algorithm 1 line 6
+            m2 = tri.rule.apply(state.model, p.knob, v)
             c2 = tri.cost(m2)
             if not c2 < state.cost:
                 continue
@@ -108,8 +109,6 @@ def ladder_candidates(knob_names: Sequence[str]) -> Callable[[PolicyState[M]], l
     grid's least aggressive end); knobs already at the end of their grid propose nothing."""
 
     def candidates(state: PolicyState[M]) -> list[Proposal]:
-        from kmr_ref.core.knobs import find_knob
-
         out: list[Proposal] = []
         for name in knob_names:
             knob = find_knob(state.triple.knobs, name)

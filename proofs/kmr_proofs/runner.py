@@ -1,0 +1,255 @@
+"""Run every obligation and mutant; the engine behind ``kmr prove``.
+
+Result vocabulary: an obligation is ``proved``, ``failed`` (Z3 or CrossHair found a
+counterexample, or a replay was rejected) or ``unknown`` (a solver timeout, or CrossHair not
+installed / not exhaustive in time). A mutant is ``refuted`` (as expected: the table shows
+``refuted-as-expected``) or survives. Exit rule (``exit_code``): non-zero if any mutant survives
+or any obligation is not ``proved`` — except that a CrossHair obligation that is ``unknown``
+(the optional tool is missing, or its path exploration did not finish in time) is reported and
+does not fail the run unless ``strict`` is set. CrossHair never weakens the Z3 proofs: it is a
+second, independent check that the *code* meets the contracts the encoding proves.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import z3
+
+from kmr_proofs import lemmas, prop1, replay, ts
+from kmr_proofs.alg1 import LOC_NAMES, RET, STATUS_NAMES, Alg1Options, V, alg1_system
+
+BMC_DEPTH = 8  # transitions: covers N = 0..2 fully, and every exit of the loop
+MUTANT_DEPTH = 6
+TAMPERS_PER_CASE = 3  # tampered copies replayed per run (the tests replay all of them)
+CROSSHAIR_TIMEOUT = 8.0  # CPU seconds per CrossHair condition
+CROSSHAIR_WALL = 24.0  # wall-clock limit for the CrossHair child process
+
+
+@dataclass
+class ObligationResult:
+    id: str
+    clause: str
+    kind: str  # induction | bounded | replay | crosshair | lemma
+    result: str  # proved | failed | unknown
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class MutantResult:
+    id: str
+    obligation: str
+    refuted: bool
+    counterexample: str
+    mutation: str = ""
+
+
+@dataclass
+class Report:
+    obligations: list[ObligationResult] = field(default_factory=list)
+    mutants: list[MutantResult] = field(default_factory=list)
+    total_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"obligations": [asdict(o) for o in self.obligations],
+                "mutants": [asdict(m) for m in self.mutants],
+                "total_seconds": round(self.total_seconds, 3)}
+
+    def exit_code(self, strict: bool = False) -> int:
+        for o in self.obligations:
+            if o.result == "proved":
+                continue
+            if o.kind == "crosshair" and o.result == "unknown" and not strict:
+                continue
+            return 1
+        return 0 if all(m.refuted for m in self.mutants) else 1
+
+
+def _timed(rep: Report, id_: str, clause: str, kind: str, fn: Callable[[], tuple[str, str]]) -> None:
+    t0 = time.perf_counter()
+    try:
+        result, detail = fn()
+    except Exception as e:  # an obligation that crashes is failed, with the reason
+        result, detail = "failed", f"{type(e).__name__}: {e}"
+    rep.obligations.append(ObligationResult(id_, clause, kind, result, round(time.perf_counter() - t0, 3),
+                                            detail))
+
+
+def _mutant(rep: Report, ob_id: str, mutation: str, desc: str, fn: Callable[[], tuple[bool, str]]) -> None:
+    try:
+        refuted, cex = fn()
+    except Exception as e:
+        refuted, cex = False, f"{type(e).__name__}: {e}"
+    rep.mutants.append(MutantResult(f"{ob_id}/{mutation}", ob_id, refuted, cex, desc))
+
+
+# ---------------------------------------------------------------- Algorithm 1 / Proposition 1
+
+def _alg1(rep: Report) -> None:
+    from kmr_proofs.alg1 import MUTATIONS
+
+    for ob in prop1.obligations():
+        def ind(ob: prop1.Obligation = ob) -> tuple[str, str]:
+            o = prop1.prove_obligation(ob)
+            n = len(o.checks)
+            return o.result, (o.detail or f"{n} verification conditions: {ob.summary}")
+        _timed(rep, ob.id, ob.clause, "induction", ind)
+        for mu in ob.mutants:
+            def ref(ob: prop1.Obligation = ob, mu: str = mu) -> tuple[bool, str]:
+                r = prop1.refute(ob, mu, MUTANT_DEPTH)
+                return r.refuted, r.counterexample
+            _mutant(rep, ob.id, mu, MUTATIONS[mu], ref)
+    for ob in prop1.obligations():
+        def bnd(ob: prop1.Obligation = ob) -> tuple[str, str]:
+            o = prop1.bounded_obligation(ob, BMC_DEPTH)
+            return o.result, (o.detail or f"no violation in any run of <= {BMC_DEPTH} transitions")
+        _timed(rep, ob.id.replace("-induction", "-bounded"), ob.clause, "bounded", bnd)
+    _timed(rep, "alg1-coverage", "KMR.alg1.status", "bounded", _coverage)
+
+
+def _coverage() -> tuple[str, str]:
+    sys_ = alg1_system(Alg1Options())
+    goals: list[tuple[str, ts.StepPred]] = []
+
+    def fires(c: ts.Command) -> ts.StepPred:
+        return lambda s, i, s2: sys_.step_by(c, s, i, s2)
+
+    def returns(code: int) -> ts.StepPred:
+        return lambda s, i, s2: z3.And(s2[V.pc] == RET, s2[V.status] == code)
+
+    goals += [(f"command {c.name}", fires(c)) for c in sys_.commands]
+    goals += [(f"return {STATUS_NAMES[k]}", returns(k)) for k in range(1, len(STATUS_NAMES))]
+    found = ts.cover(sys_, BMC_DEPTH, goals)
+    missing = [n for n, k in found.items() if k is None]
+    if missing:
+        return "failed", f"unreachable within {BMC_DEPTH}: {', '.join(missing)}"
+    return "proved", (f"all {len(sys_.commands)} commands fire and all 5 statuses are returned "
+                      f"in runs of <= {max(k for k in found.values() if k is not None)} transitions "
+                      f"(locations {', '.join(LOC_NAMES)})")
+
+
+def _replay(cases: int, seed: int) -> tuple[str, str]:
+    rng = random.Random(seed)
+    statuses: dict[str, int] = {}
+    n_tampered = 0
+    for _ in range(cases):
+        case = replay.random_case(rng)
+        res = replay.run_case(case)
+        statuses[str(res.status)] = statuses.get(str(res.status), 0) + 1
+        v = replay.replay(res, case.max_steps)
+        if not v.legal:
+            return "failed", f"genuine run rejected at {v.failed_at}: {case}"
+        variants = replay.tampers(res, case.max_steps)
+        for name, bad, n in rng.sample(variants, min(TAMPERS_PER_CASE, len(variants))):
+            n_tampered += 1
+            if replay.replay(bad, n).legal:
+                return "failed", f"tampered trace ({name}) accepted: {case}"
+    mix = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+    return "proved", (f"{cases} runs of kmr_ref.core.budgeted_kmr replayed as legal transitions "
+                      f"({mix}); {n_tampered} tampered traces rejected")
+
+
+# ---------------------------------------------------------------- CrossHair
+
+def _crosshair_env() -> dict[str, str]:
+    roots = []
+    for mod in ("kmr_ref", "kmr_proofs"):
+        spec = importlib.util.find_spec(mod)
+        if spec is not None and spec.origin is not None:
+            roots.append(str(Path(spec.origin).resolve().parent.parent))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _start_crosshair() -> subprocess.Popen[str] | str:
+    if importlib.util.find_spec("crosshair") is None:
+        return "crosshair-tool is not installed (pip install 'kmr-ref[dev]')"
+    return subprocess.Popen([sys.executable, "-m", "kmr_proofs.crosshair_run", str(CROSSHAIR_TIMEOUT)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_crosshair_env())
+
+
+def _finish_crosshair(rep: Report, proc: subprocess.Popen[str] | str, t0: float) -> None:
+    from kmr_proofs.crosshair_contracts import CLAUSES, CODE_MUTANTS
+
+    data: dict[str, Any] | None = None
+    why = ""
+    if isinstance(proc, str):
+        why = proc
+    else:
+        try:
+            out, err = proc.communicate(timeout=max(1.0, CROSSHAIR_WALL - (time.perf_counter() - t0)))
+            data = json.loads(out) if proc.returncode == 0 and out.strip() else None
+            if data is None:
+                why = f"CrossHair runner exited {proc.returncode}: {err.strip()[-300:]}"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            why = f"CrossHair did not finish within {CROSSHAIR_WALL:.0f} s (wall clock)"
+        except json.JSONDecodeError as e:
+            why = f"CrossHair runner output unreadable: {e}"
+    secs = round(time.perf_counter() - t0, 3)
+    ids = {c: f"P1{'abcde'[k]}-crosshair" for k, c in enumerate(CLAUSES)}
+    if data is None:
+        for c in CLAUSES:
+            rep.obligations.append(ObligationResult(ids[c], c, "crosshair", "unknown", secs, why))
+        return
+    st, msg = data["contract"]["state"], data["contract"]["message"]
+    secs = float(data["contract"].get("seconds", secs))
+    scope = ("budgeted_kmr on an integer-cost method, unbounded integer costs/budget/deltas, "
+             "N <= 4, 4 proposals, Stop and KeyboardInterrupt at any iteration")
+    for c in CLAUSES:
+        if st == "confirmed":
+            res, det = "proved", f"CrossHair explored every path ({scope}; one exploration for P1a-P1e)"
+        elif st in ("post_fail", "exec_err", "post_err"):
+            res = "failed" if (c in msg or not any(x in msg for x in CLAUSES)) else "unknown"
+            det = f"counterexample: {msg}"
+        else:
+            res, det = "unknown", f"CrossHair {st}: {msg} ({scope})"
+        rep.obligations.append(ObligationResult(ids[c], c, "crosshair", res, secs, det))
+    for m in data["mutants"]:
+        ob = ids.get(m["clause"], "P1-crosshair")
+        refuted = m["state"] in ("post_fail", "exec_err", "post_err")
+        desc = f"budgeted.py: {CODE_MUTANTS[m['name']][0]!r} -> {CODE_MUTANTS[m['name']][1]!r}"
+        rep.mutants.append(MutantResult(f"{ob}/code:{m['name']}", ob, refuted, m["message"], desc))
+
+
+# ---------------------------------------------------------------- lemmas
+
+def _lemmas(rep: Report) -> None:
+    for lem in lemmas.LEMMAS:
+        _timed(rep, lem.id, lem.clause, "lemma", functools.partial(lemmas.prove_lemma, lem))
+        for mu, desc in lem.mutants.items():
+            _mutant(rep, lem.id, mu, desc, functools.partial(lemmas.refute_lemma, lem, mu))
+    _timed(rep, "quant-rounding-model", "KMR.quant.error-bound", "lemma", lemmas.rounding_checks)
+
+
+def run_all(*, cases: int = 30, seed: int = 0, crosshair: bool = True) -> Report:
+    """Every obligation and mutant. CrossHair runs in a child process, in parallel."""
+    t0 = time.perf_counter()
+    rep = Report()
+    proc: subprocess.Popen[str] | str = (_start_crosshair() if crosshair
+                                         else "CrossHair disabled (--no-crosshair)")
+    try:
+        _alg1(rep)
+        _timed(rep, "alg1-replay", "KMR.trace.record", "replay", lambda: _replay(cases, seed))
+        _lemmas(rep)
+    except BaseException:
+        if not isinstance(proc, str):
+            proc.kill()
+        raise
+    _finish_crosshair(rep, proc, t0)
+    rep.total_seconds = time.perf_counter() - t0
+    return rep
