@@ -27,10 +27,10 @@ import pytest
 import z3
 from hypothesis import given
 from hypothesis import strategies as st
+
 from kmr_proofs import lemmas
 from kmr_proofs.replay import Case, replay, run_case, tampers
 from kmr_proofs.runner import MutantResult, ObligationResult, Report, _finish_crosshair
-
 from kmr_ref.core import Exact, KMRResult, Status, StepRecord
 
 ROOT = Path(__file__).resolve().parent.parent
