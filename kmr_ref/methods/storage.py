@@ -188,7 +188,10 @@ def save_packed(model: nn.Module, path: str | Path) -> int:
     """``KMR.quant.packed-format``: write ``model`` as a safetensors file; returns its size in bytes."""
     tensors, metadata = packed_tensors(model)
     data = st_save(tensors, metadata=metadata)
-    Path(path).write_bytes(data)
+    dest = Path(path)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(dest)  # atomic: an interrupted save never leaves a half-written file at `path`
     return len(data)
 
 
