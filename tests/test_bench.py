@@ -1,0 +1,62 @@
+"""``kmr bench``: a tiny-size smoke run of the JSON contract (no timing assertions:
+KMR.meter.informative — wall time is reported, never judged by a test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kmr_ref.bench.models import layer_shapes, make_tensors, parse_size
+from kmr_ref.cli import main
+
+
+def test_parse_size() -> None:
+    assert parse_size("10M") == 10_000_000 and parse_size("100m") == 100_000_000
+    assert parse_size("2.5k") == 2500 and parse_size("12345") == 12345
+    for bad in ("", "-3", "1.5", "ten", "0"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+@pytest.mark.parametrize("size", [1, 7, 1000, 12_345, 10**6 + 3])
+def test_model_has_exactly_size_parameters(size: int) -> None:
+    shapes = layer_shapes(size)
+    assert sum(r * c for r, c in shapes) == size
+    if size <= 12_345:
+        ts = make_tensors(size)
+        assert [tuple(t.shape) for t in ts] == shapes
+        assert all(t.dtype.is_floating_point and t.element_size() == 4 for t in ts)
+
+
+def test_bench_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    """The contract: {"device", "threads", "cases": [{"name", "size", "ours_s", "peer_s", "copy_s",
+    "speedup", "vs_copy", "peak_extra_bytes", "model_bytes", "agree"}]} with both case names."""
+    size = 20_000
+    assert main(["bench", "--json", "--size", "20k", "--repeats", "2", "--threads", "1"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {"device", "threads", "cases"} <= rep.keys()
+    assert rep["threads"] == 1 and rep["device"] == "cpu"
+    assert [c["name"] for c in rep["cases"]] == ["global_prune", "quant_per_channel"]
+    for c in rep["cases"]:
+        for key in ("name", "size", "ours_s", "peer_s", "copy_s", "speedup", "vs_copy",
+                    "peak_extra_bytes", "model_bytes", "agree"):
+            assert key in c, key
+        assert c["size"] == size and c["model_bytes"] == 4 * size
+        assert min(c["ours_s"], c["peer_s"], c["copy_s"]) > 0
+        assert c["speedup"] == pytest.approx(c["peer_s"] / c["ours_s"], rel=1e-12)
+        assert c["vs_copy"] == pytest.approx(c["ours_s"] / c["copy_s"], rel=1e-12)
+        assert isinstance(c["agree"], bool) and c["agree"] == (c["mismatches"] == 0)
+        assert isinstance(c["peak_extra_bytes"], int)
+        for impl in ("ours", "peer", "copy"):
+            raw = c["raw"][impl]
+            assert len(raw["times"]) == 2
+            assert raw["result_bytes"] >= 0
+    prune, quant = rep["cases"]
+    # torch's topk may break ties differently; on this seeded Gaussian model there are none at the
+    # boundary, and the quantization arithmetic is the same IEEE operations as torch's fake-quant
+    assert prune["agree"] and quant["agree"]
+    # ours keeps exactly the pruned copies (all tensors change at sparsity 7/10); torch keeps the
+    # new weights and their float masks
+    assert prune["raw"]["ours"]["result_bytes"] == 4 * size
+    assert prune["raw"]["peer"]["result_bytes"] == 8 * size

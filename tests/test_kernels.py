@@ -1,0 +1,273 @@
+"""The fast kernels equal the references in ``kmr_ref.methods``, bit for bit.
+
+Pruning (``kmr_ref.kernels.prune_select``) against ``methods.pruning.magnitude_masks`` /
+``apply_mask`` (KMR.prune.count, KMR.prune.tie-break, KMR.prune.zero-value, KMR.prune.global);
+quantization (``kmr_ref.kernels.quant_fused``) against ``methods.quantization.quantize_groups`` /
+``dequantize_groups`` (KMR.quant.range, KMR.quant.scale, KMR.quant.scale-floor,
+KMR.quant.zero-point, KMR.quant.rounding, KMR.quant.clamp, KMR.quant.dequant). Inputs stress ties,
+duplicates, zeros, ±0, denormals, huge magnitudes, tiny and (one) large tensor, and chunk sizes down
+to 1 so that every chunk boundary and the tie quota running out inside a chunk are exercised.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from kmr_ref.core.errors import KnobDomainError, RuleInputError
+from kmr_ref.kernels import magnitude_masks, prune_global, prune_global_, select_threshold
+from kmr_ref.kernels.quant_fused import codes_dtype, quantize_groups, quantize_tensor
+from kmr_ref.methods import pruning as ref_prune
+from kmr_ref.methods import quantization as ref_quant
+from kmr_ref.methods.modules import default_prunable, ordered_parameters
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+# magnitudes that collide, sit at dtype edges, or are denormal in one dtype and not another
+POOL = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, 3.0, -3.0, 1e-3, 1e-45, -1e-45, 1.4e-45, 1e-40,
+        6e-8, -6e-8, 1e-5, 65504.0, -65504.0, 3e38, -3e38, 1e300, 1.0000001, 0.99999994, 7.0, 0.1]
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+@st.composite
+def tensor_lists(draw: st.DrawFn, mixed: bool = True) -> list[torch.Tensor]:
+    base = draw(st.sampled_from(FLOATS))
+    out = []
+    for _ in range(draw(st.integers(0, 4))):
+        shape = draw(st.lists(st.integers(0, 5), min_size=0, max_size=3))
+        numel = int(np.prod(shape)) if shape else 1
+        dt = draw(st.sampled_from(FLOATS)) if mixed and draw(st.booleans()) else base
+        kind = draw(st.sampled_from(["pool", "ints", "normal"]))
+        if kind == "pool":
+            vals = draw(st.lists(st.sampled_from(POOL), min_size=numel, max_size=numel))
+            t = torch.tensor(vals, dtype=torch.float64)
+        elif kind == "ints":  # many exact duplicates and ties
+            t = torch.tensor(draw(st.lists(st.integers(-3, 3), min_size=numel, max_size=numel)), dtype=torch.float64)
+        else:
+            g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+            t = torch.randn(numel, generator=g, dtype=torch.float64) * draw(st.sampled_from([1.0, 1e-42, 1e20]))
+        t = t.to(dt).reshape(shape)
+        t = torch.where(torch.isfinite(t), t, torch.zeros((), dtype=dt))  # overflowing casts: finite inputs only
+        if t.dim() == 2 and draw(st.booleans()):
+            t = t.t()  # non-contiguous: the flat index is the logical row-major index
+        out.append(t)
+    return out
+
+
+def _check_prune(ts: list[torch.Tensor], k: int, chunk: int | None) -> None:
+    before = [_bits(t) for t in ts]
+    want = ref_prune.magnitude_masks(ts, k)
+    got = magnitude_masks(ts, k, chunk=chunk)
+    for w, g in zip(want, got, strict=True):
+        assert g.shape == w.shape and torch.equal(g, w)  # KMR.prune.tie-break, KMR.prune.count
+    outs = prune_global(ts, k, chunk=chunk)
+    for t, o, keep in zip(ts, outs, want, strict=True):
+        assert o.shape == t.shape and o.dtype == t.dtype
+        assert _bits(o) == _bits(ref_prune.apply_mask(t, keep))  # KMR.prune.zero-value: +0.0, other bits kept
+        assert (o is t) == bool(keep.all())  # untouched tensors are shared, the others are new
+    assert [_bits(t) for t in ts] == before  # KMR.rule.no-mutation: the inputs are untouched
+    inplace = [t.contiguous().clone() for t in ts]
+    hit = prune_global_(inplace, k, chunk=chunk)
+    for t, o, keep, h in zip(inplace, outs, want, hit, strict=True):
+        assert _bits(t) == _bits(o) and h == (not bool(keep.all()))
+
+
+@given(tensor_lists(), st.floats(0, 1), st.sampled_from([1, 2, 3, 5, 64, None]))
+def test_prune_kernel_equals_reference(ts: list[torch.Tensor], frac: float, chunk: int | None) -> None:
+    """KMR.prune.tie-break, KMR.prune.count, KMR.prune.zero-value, KMR.prune.global: any mix of float
+    dtypes (compared exactly across dtypes), any k in [0, n], any chunk size."""
+    n = sum(t.numel() for t in ts)
+    _check_prune(ts, int(frac * n), chunk)
+
+
+@given(st.integers(1, 40), st.data())
+def test_prune_all_ties_quota_inside_chunk(n: int, data: st.DataObject) -> None:
+    """KMR.prune.tie-break: when every |w| is equal (±v, ±0), the first k by (tensor, flat index)
+    are pruned, the quota running out inside a chunk of any size."""
+    v = data.draw(st.sampled_from([0.0, 1e-45, 1.0, 3e38]))
+    signs = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    flat = torch.tensor([-v if s else v for s in signs], dtype=torch.float32)
+    cut = data.draw(st.integers(0, n))
+    ts = [flat[:cut].clone(), flat[cut:].clone().reshape(1, -1)]
+    k = data.draw(st.integers(0, n))
+    _check_prune(ts, k, data.draw(st.integers(1, n + 1)))
+    keep = torch.cat([m.reshape(-1) for m in magnitude_masks(ts, k)])
+    assert torch.equal(keep, torch.arange(n) >= k)  # independent: the first k positions in order
+
+
+@given(tensor_lists(mixed=False), st.floats(0, 1))
+def test_select_threshold_counts(ts: list[torch.Tensor], frac: float) -> None:
+    """KMR.prune.count: the selected key is the k-th smallest |w|; `below` and `ties` match an
+    independent numpy count over exact float64 magnitudes."""
+    n = sum(t.numel() for t in ts)
+    k = max(1, int(frac * n))
+    if n == 0:
+        with pytest.raises(KnobDomainError):
+            select_threshold(ts, 1)
+        return
+    sel = select_threshold(ts, k)
+    mags = np.sort(np.concatenate([np.abs(t.to(torch.float64).reshape(-1).numpy()) for t in ts]))
+    v = mags[k - 1]
+    assert sel.below == int((mags < v).sum()) and sel.ties == int((mags == v).sum())
+    assert 1 <= sel.quota <= sel.ties
+    key_val = torch.tensor([sel.key], dtype=torch.int64).to(
+        {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+         torch.float64: torch.int64}[sel.key_dtype]).view(sel.key_dtype)
+    assert float(key_val) == v
+
+
+def test_prune_large_tensor_many_chunks() -> None:
+    """KMR.prune.tie-break on ~1.2M entries with the default chunk size: several chunks per tensor,
+    a boundary value duplicated across tensors and chunks, denormals, ±0."""
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(1000, 700, generator=g)
+    b = torch.randn(500_001, generator=g) * 1e-39  # denormal magnitudes
+    a[::37, ::5] = 0.25
+    b[::11] = -0.25
+    b[::13] = -0.0
+    ts = [a, b, torch.full((3, 3), 0.25)]
+    n = sum(t.numel() for t in ts)
+    below = int(sum(int((t.abs() < 0.25).sum()) for t in ts))
+    for k in (below, below + 1, below + 5000, n // 3, n):
+        _check_prune(ts, k, None)
+
+
+def test_prune_bad_input() -> None:
+    """KMR.prune.count and KMR.prune.dtype: k outside [0, n] and integer tensors are refused."""
+    t = torch.ones(4)
+    for k in (-1, 5):
+        with pytest.raises(KnobDomainError) as e:
+            prune_global([t], k)
+        assert e.value.clause == "KMR.prune.count"
+    with pytest.raises(RuleInputError) as e2:
+        prune_global([torch.ones(3, dtype=torch.int32)], 1)
+    assert e2.value.clause == "KMR.prune.dtype"
+    assert prune_global([], 0) == [] and magnitude_masks([], 0) == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernel_matches_rule_on_a_model(device: str) -> None:
+    """KMR.prune.global, KMR.prune.tensor-order: pruning the rule's ordered tensors with the kernel
+    gives the rule's model, parameter for parameter (shared where the rule shares)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(9, 7), nn.ReLU(), nn.Conv2d(2, 3, 3), nn.Linear(7, 4)).to(device)
+    lin0, lin3 = model[0], model[3]
+    assert isinstance(lin0, nn.Linear) and isinstance(lin3, nn.Linear)
+    with torch.no_grad():
+        lin0.weight[:2] = 0.125
+        lin3.weight[:, :1] = -0.125
+    rule = ref_prune.MagnitudePruning.for_model(model)
+    for s in (Fraction(0), Fraction(1, 3), Fraction(7, 10), Fraction(1)):
+        out = rule.apply(model, "sparsity", s)
+        targets = rule.targets(model)
+        k = ref_prune.prune_count(s, sum(t.numel() for _, t in targets))
+        got = prune_global([t for _, t in targets], k)
+        new = dict(out.named_parameters())
+        for (name, t), g in zip(targets, got, strict=True):
+            assert _bits(new[name]) == _bits(g)
+            assert (new[name] is t) == (g is t)
+
+
+# ---------------------------------------------------------------- quantization
+
+QPOOL = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-45, -1e-45, 1e-39, 1e-8, -1e-8, 2.0**126, -(2.0**126),
+         3.0, 0.1, -0.1, 1e-3, 127.0, 255.0]
+
+
+@st.composite
+def matrices(draw: st.DrawFn) -> torch.Tensor:
+    g, length = draw(st.integers(1, 6)), draw(st.integers(1, 9))
+    kind = draw(st.sampled_from(["pool", "normal", "ties", "narrow"]))
+    if kind == "pool":
+        vals = draw(st.lists(st.sampled_from(QPOOL), min_size=g * length, max_size=g * length))
+        return torch.tensor(vals, dtype=torch.float32).reshape(g, length)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    if kind == "normal":
+        scale = draw(st.sampled_from([1.0, 1e-30, 1e30, 1e-6]))
+        return (torch.randn(g, length, generator=gen) * scale).to(torch.float32)
+    if kind == "narrow":  # all values of a row near one another: scale floor, zero point at the edge
+        off = draw(st.sampled_from([0.0, 5.0, -5.0, 1e-7]))
+        return (off + torch.randn(g, length, generator=gen) * 1e-9).to(torch.float32)
+    # exact half-way points: with s a power of two and a row holding m * s, scale = s and w * inv = j + 1/2
+    s = 2.0 ** draw(st.integers(-20, 20))
+    m = draw(st.sampled_from([127, 255, 7, 15, 32767]))
+    halves = torch.randint(-2 * m, 2 * m, (g, length), generator=gen).to(torch.float64) / 2
+    w = (halves * s).to(torch.float32)
+    w[:, 0] = m * s
+    return w
+
+
+def _check_quant(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme, chunk: int | None) -> None:
+    codes, scale, zp = ref_quant.quantize_groups(w, bits, scheme)
+    dq = ref_quant.dequantize_groups(codes, scale, zp)
+    before = _bits(w)
+    fq = quantize_groups(w, bits, scheme, chunk=chunk)
+    assert fq.codes.dtype == codes_dtype(bits, scheme)
+    assert torch.equal(fq.codes.to(torch.int32), codes)  # KMR.quant.rounding, KMR.quant.clamp
+    assert _bits(fq.scale) == _bits(scale)  # KMR.quant.scale, KMR.quant.scale-floor
+    assert torch.equal(fq.zp, zp)  # KMR.quant.zero-point
+    assert fq.dequant is not None and _bits(fq.dequant) == _bits(dq)  # KMR.quant.dequant (incl. +0.0)
+    assert _bits(w) == before
+
+
+@given(matrices(), st.integers(2, 16), st.sampled_from(["symmetric", "asymmetric"]),
+       st.sampled_from([1, 2, 7, 64, None]))
+def test_quant_kernel_equals_reference(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme,
+                                       chunk: int | None) -> None:
+    """KMR.quant.range, KMR.quant.scale, KMR.quant.scale-floor, KMR.quant.zero-point,
+    KMR.quant.rounding (half to even), KMR.quant.clamp, KMR.quant.dequant: bit for bit, any block size
+    (rows per block, or a row split over several blocks when chunk < L)."""
+    _check_quant(w, bits, scheme, chunk)
+
+
+def test_quant_negative_zero_trap() -> None:
+    """KMR.quant.dequant: round(-0.127) is -0.0 in fp32, but the dequantized value must be +0.0
+    (checked against an independent numpy evaluation of the spec's formulas)."""
+    w = torch.tensor([[-0.001, 1.0, -1e-30]], dtype=torch.float32)
+    fq = quantize_groups(w, 8, "symmetric")
+    assert fq.dequant is not None
+    npw = w.numpy()
+    scale = np.float32(np.float32(1.0) / np.float32(127))
+    inv = np.float32(np.float32(1) / scale)
+    q = np.clip(np.rint(npw * inv).astype(np.int64), -127, 127)  # np.rint: half to even
+    want = (q.astype(np.float32) * scale).astype(np.float32)
+    assert _bits(fq.dequant) == want.tobytes()
+    assert np.signbit(fq.dequant.numpy()).sum() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_quantize_tensor_matches_rule(device: str, granularity: ref_quant.Granularity, dtype: torch.dtype) -> None:
+    """KMR.quant.groups, KMR.quant.dtype: the kernel on one parameter gives the rule's parameter and
+    kept codes, bit for bit."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(16, 6), nn.Conv2d(2, 4, 2)).to(device=device, dtype=dtype)
+    out = ref_quant.quantize_model(model, 4, "asymmetric", granularity, 8)
+    for name, t in ordered_parameters(model, default_prunable):
+        fq, dq = quantize_tensor(t, 4, "asymmetric", granularity, 8)
+        new = out.get_parameter(name)
+        assert _bits(dq) == _bits(new)
+        owner, leaf = out.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+        kept = ref_quant.kept_codes(owner, leaf)
+        assert kept is not None and torch.equal(kept.codes, fq.codes.to(torch.int32))
+
+
+def test_quant_bad_input() -> None:
+    """KMR.quant.bits and KMR.quant.empty: as the reference, bad bit-widths and empty inputs are refused."""
+    with pytest.raises(KnobDomainError):
+        quantize_groups(torch.ones(2, 2), 1, "symmetric")
+    with pytest.raises(RuleInputError):
+        quantize_groups(torch.ones(2, 0), 8, "symmetric")
+    with pytest.raises(TypeError):
+        quantize_groups(torch.ones(4, dtype=torch.float32), 8, "symmetric")
