@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 from fractions import Fraction
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -71,6 +72,18 @@ def test_global_matches_oracle(mv: tuple[list[tuple[int, int]], list[list[float]
     m = make_model(shapes, values)
     out = MagnitudePruning.for_model(m).apply(m, "sparsity", s)
     assert [tensor_bits(w) for w in weights(out)] == oracle_global(values, s)
+
+
+@given(models(TIE_FLOATS), SPARSITY, st.booleans())
+def test_kernel_option_bit_equal(mv: tuple[list[tuple[int, int]], list[list[float]]], s: Fraction,
+                                 per_tensor: bool) -> None:
+    """KMR.prune.tie-break: MagnitudePruning(kernel=True) gives the oracle's bits in both scopes."""
+    shapes, values = mv
+    m = make_model(shapes, values)
+    scope: Literal["global", "per-tensor"] = "per-tensor" if per_tensor else "global"
+    out = MagnitudePruning.for_model(m, scope=scope, kernel=True).apply(m, "sparsity", s)
+    expect = [oracle_global([v], s)[0] for v in values] if per_tensor else oracle_global(values, s)
+    assert [tensor_bits(w) for w in weights(out)] == expect
 
 
 @given(models(TIE_FLOATS), SPARSITY)

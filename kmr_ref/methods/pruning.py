@@ -68,12 +68,13 @@ class MagnitudePruning:
     scope: Scope = "global"
     tensor_names: tuple[str, ...] = ()
     prunable: PrunableFilter = field(default=default_prunable)
+    kernel: bool = False  # True: the radix-select kernel (kmr_ref.kernels), bit-equal, O(chunk) memory
 
     @classmethod
     def for_model(cls, model: nn.Module, scope: Scope = "global",
-                  prunable: PrunableFilter = default_prunable) -> MagnitudePruning:
+                  prunable: PrunableFilter = default_prunable, kernel: bool = False) -> MagnitudePruning:
         names = tuple(n for n, _ in ordered_parameters(model, prunable))
-        return cls(scope, names, prunable)
+        return cls(scope, names, prunable, kernel)
 
     def knobs(self) -> Sequence[Knob]:
         # KMR.prune.knob: s in [0, 1], a fraction of ALL prunable entries; policy grid 1/20
@@ -102,10 +103,19 @@ class MagnitudePruning:
         for g in groups:
             tensors = [t for _, t in g]
             k = prune_count(s, sum(t.numel() for t in tensors))  # KMR.prune.count
-            for (n, t), keep in zip(g, magnitude_masks(tensors, k), strict=True):
-                if not bool(keep.all()):  # untouched tensors stay shared
-                    set_parameter(out, n, apply_mask(t, keep))
+            for (n, t), new in zip(g, self._prune(tensors, k), strict=True):
+                if new is not t:  # untouched tensors stay shared
+                    set_parameter(out, n, new)
         return out
+
+    def _prune(self, tensors: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+        """The pruned tensors; an input with nothing pruned is returned as the same object."""
+        if self.kernel:
+            from kmr_ref.kernels.prune_select import prune_global
+
+            return prune_global(tensors, k)  # == the reference below: tests/test_kernels.py
+        return [t if bool(keep.all()) else apply_mask(t, keep)
+                for t, keep in zip(tensors, magnitude_masks(tensors, k), strict=True)]
 
 
 def nonzero_prunable(model: nn.Module, prunable: PrunableFilter = default_prunable) -> int:
