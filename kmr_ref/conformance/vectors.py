@@ -1,14 +1,20 @@
 """Load vector files and run them: one runner per file ``kind``, results per vector and clause.
 
-Extension point: a new kind (e.g. ``"prune-magnitude"``) registers a runner with
-``register_runner(kind, fn)`` or by adding it to ``RUNNERS``; ``fn(vector) -> (ok, diff)``.
-Kinds without a runner report ``not-supported``. Every failure carries a copy-paste
-reproduction (``python -m kmr_ref.conformance.vectors FILE --id ID``).
+Extension point: a new kind registers a runner with ``register_runner(kind, fn, impl=...)``;
+``fn(vector) -> (ok, diff)``, and it may raise ``SkipVector`` (outcome ``skip``) or
+``NotSupported`` (``not-supported``). Runners are kept per *implementation*: ``RUNNERS`` is the
+reference's (``IMPLEMENTATIONS["reference"]``); ``IMPLEMENTATIONS["kernels"]`` drives the fast
+kernels of ``kmr_ref.kernels``. Kinds without a runner report ``not-supported``. The method kinds
+(``prune-magnitude``, ``quant-uniform``) are registered lazily, so that running ``alg1`` files
+imports no torch. ``ADAPTER_RUNNERS[kind]`` turns a third-party adapter (``adapters.py``) into a
+runner. Every failure carries a copy-paste reproduction
+(``python -m kmr_ref.conformance.vectors FILE --id ID --show [--impl IMPL]``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kmr_ref.conformance.adapters import NotSupported, SkipVector
 from kmr_ref.conformance.alg1_table import Alg1Adapter, reference_alg1
 
 Json = Any
@@ -112,35 +119,85 @@ def run_alg1_vector(vec: Mapping[str, Json], adapter: Alg1Adapter = reference_al
     return not diffs, "\n".join(diffs)
 
 
+def lazy_runner(module: str, attr: str) -> VectorRunner:
+    """A runner imported on first use (``module.attr``), so that torch loads only when needed."""
+
+    def run(vec: Mapping[str, Json]) -> tuple[bool, str]:
+        fn: VectorRunner = getattr(importlib.import_module(module), attr)
+        return fn(vec)
+
+    return run
+
+
 RUNNERS: dict[str, VectorRunner] = {
     "alg1": run_alg1_vector,
-    # "prune-magnitude": added with spec/vectors/<version>/pruning.json
+    "prune-magnitude": lazy_runner("kmr_ref.conformance.prune_runner", "reference_runner"),
+    "quant-uniform": lazy_runner("kmr_ref.conformance.quant_runner", "reference_runner"),
+}
+IMPLEMENTATIONS: dict[str, dict[str, VectorRunner]] = {
+    "reference": RUNNERS,
+    "kernels": {  # Algorithm 1 has no kernel: alg1 files report not-supported
+        "prune-magnitude": lazy_runner("kmr_ref.conformance.prune_runner", "kernels_runner"),
+        "quant-uniform": lazy_runner("kmr_ref.conformance.quant_runner", "kernels_runner"),
+    },
 }
 
 
-def register_runner(kind: str, fn: VectorRunner) -> None:
-    """Extension point: the runner of vector files whose top-level ``kind`` is ``kind``."""
-    RUNNERS[kind] = fn
+def _alg1_adapter_runner(adapter: Any) -> VectorRunner:
+    def run(vec: Mapping[str, Json]) -> tuple[bool, str]:
+        return run_alg1_vector(vec, adapter)
+
+    return run
 
 
-def reproduction(path: str | Path, vid: str) -> str:
+def _lazy_factory(module: str) -> Callable[[Any], VectorRunner]:
+    def factory(adapter: Any) -> VectorRunner:
+        make: Callable[[Any], VectorRunner] = importlib.import_module(module).make_runner
+        return make(adapter)
+
+    return factory
+
+
+ADAPTER_RUNNERS: dict[str, Callable[[Any], VectorRunner]] = {
+    "alg1": _alg1_adapter_runner,
+    "prune-magnitude": _lazy_factory("kmr_ref.conformance.prune_runner"),
+    "quant-uniform": _lazy_factory("kmr_ref.conformance.quant_runner"),
+}
+
+
+def register_runner(kind: str, fn: VectorRunner, impl: str = "reference") -> None:
+    """Extension point: the runner of vector files whose top-level ``kind`` is ``kind``, for ``impl``."""
+    IMPLEMENTATIONS.setdefault(impl, {})[kind] = fn
+
+
+def reproduction(path: str | Path, vid: str, impl: str = "reference") -> str:
     """A copy-paste command that reruns one vector and prints its diff."""
-    return f"python -m kmr_ref.conformance.vectors {path} --id {vid} --show"
+    extra = "" if impl == "reference" else f" --impl {impl}"
+    return f"python -m kmr_ref.conformance.vectors {path} --id {vid} --show{extra}"
 
 
-def run_vector(kind: str, vec: Mapping[str, Json], path: str | Path = "<file>") -> VectorResult:
-    runner = RUNNERS.get(kind)
+def run_vector(kind: str, vec: Mapping[str, Json], path: str | Path = "<file>", impl: str = "reference",
+               runners: Mapping[str, VectorRunner] | None = None) -> VectorResult:
+    """Run one vector with ``impl``'s runner for ``kind`` (or with ``runners`` when given)."""
+    table = IMPLEMENTATIONS.get(impl, {}) if runners is None else runners
+    runner = table.get(kind)
     clauses = tuple(vec.get("clauses", ()))
-    repro = reproduction(path, vec["id"])
+    repro = reproduction(path, vec["id"], impl)
     if runner is None:
-        return VectorResult(vec["id"], kind, clauses, "not-supported", f"no runner for kind {kind!r}", repro)
-    ok, diff = runner(vec)
+        return VectorResult(vec["id"], kind, clauses, "not-supported", f"no {impl} runner for kind {kind!r}", repro)
+    try:
+        ok, diff = runner(vec)
+    except NotSupported as e:
+        return VectorResult(vec["id"], kind, clauses, "not-supported", str(e), repro)
+    except SkipVector as e:
+        return VectorResult(vec["id"], kind, clauses, "skip", str(e), repro)
     return VectorResult(vec["id"], kind, clauses, "pass" if ok else "fail", diff, repro)
 
 
-def run_file(path: str | Path, ids: Sequence[str] | None = None) -> list[VectorResult]:
+def run_file(path: str | Path, ids: Sequence[str] | None = None, impl: str = "reference",
+             runners: Mapping[str, VectorRunner] | None = None) -> list[VectorResult]:
     vf = load_vectors(path)
-    return [run_vector(vf.kind, v, path) for v in vf if ids is None or v["id"] in ids]
+    return [run_vector(vf.kind, v, path, impl, runners) for v in vf if ids is None or v["id"] in ids]
 
 
 def clause_report(results: Sequence[VectorResult]) -> dict[str, Outcome]:
@@ -161,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--id", action="append", dest="ids", help="run only this vector id (repeatable)")
     ap.add_argument("--show", action="store_true", help="print the vector's input and expected JSON")
     ap.add_argument("--clauses", action="store_true", help="print the per-clause report")
+    ap.add_argument("--impl", default="reference", choices=sorted(IMPLEMENTATIONS),
+                    help="which implementation runs the vectors (default: reference)")
     a = ap.parse_args(argv)
     results: list[VectorResult] = []
     for f in a.files:
@@ -168,9 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for v in vf:
             if a.ids and v["id"] not in a.ids:
                 continue
-            r = run_vector(vf.kind, v, f)
+            r = run_vector(vf.kind, v, f, a.impl)
             results.append(r)
             print(f"{r.outcome:13} {r.id}")
+            if r.outcome in ("skip", "not-supported"):
+                print(f"  {r.diff}")
             if r.outcome == "fail":
                 print("  " + r.diff.replace("\n", "\n  "))
                 print(f"  reproduce: {r.reproduction}")

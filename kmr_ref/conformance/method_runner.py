@@ -1,0 +1,49 @@
+"""The part of the method runners (``prune-magnitude``, ``quant-uniform``) that does not depend on
+the kind: call the adapter twice, check its input arrays are unchanged, compare with ``expected``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kmr_ref.conformance.adapters import NotSupported, SkipVector, describe, error_clause
+from kmr_ref.conformance.vectors import compare
+
+Json = Any
+
+
+def call_encoded(fn: Callable[[], Json]) -> Json:
+    """``fn()``'s encoded result, or ``{"error": <clause>}`` when it raises an error naming a clause.
+    An error without a clause is reported as ``{"error": "<no clause: ...>"}`` (never equal to a
+    clause ID, so it fails); NotSupported and SkipVector propagate."""
+    try:
+        return fn()
+    except (NotSupported, SkipVector):
+        raise
+    except Exception as e:  # a crash is a reported failure, not an exception of the runner
+        clause = error_clause(e)
+        return {"error": clause if clause is not None else f"<no clause: {describe(e)}>"}
+
+
+def run_checked(vec: Mapping[str, Json], inputs: Sequence[np.ndarray[Any, Any]], checks_input: bool,
+                fn: Callable[[], Json]) -> tuple[bool, str]:
+    """Run one method vector: ``fn`` calls the adapter on ``inputs`` and encodes its result.
+
+    Checks ``KMR.rule.deterministic`` (two calls, equal results), ``KMR.rule.no-mutation`` (the input
+    arrays' bytes are unchanged) and the comparison with ``expected`` (exact unless the vector gives
+    a tolerance). An adapter with ``checks_input`` False is not run on error vectors (``skip``)."""
+    expected = vec["expected"]
+    if "error" in expected and not checks_input:
+        raise SkipVector("this implementation assumes validated input (no input checks)")
+    before = [a.tobytes() for a in inputs]
+    got = call_encoded(fn)
+    again = call_encoded(fn)
+    diffs: list[str] = []
+    if [a.tobytes() for a in inputs] != before:
+        diffs.append("KMR.rule.no-mutation: the implementation modified the arrays it was given")
+    if again != got:
+        diffs.append("KMR.rule.deterministic: a second call on the same input gave a different result")
+    diffs += compare(expected, got, vec.get("tolerance"))
+    return not diffs, "\n".join(diffs)
