@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("demo", "spec", "prove", "bench")
+SUBCOMMANDS = ("demo", "spec", "prove", "bench", "conform")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["conform"]:  # forwarded whole: its own parser owns every option, --help too
+        from kmr_ref.conformance.report import main as report_main
+
+        return report_main(args_in[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     rc: int = args.func(args)
     return rc
 

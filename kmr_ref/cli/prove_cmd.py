@@ -1,4 +1,5 @@
-"""``kmr prove``: discharge the Z3 proof obligations of Algorithm 1 / Proposition 1 and the
+"""``kmr prove``: discharge the Z3 proof obligations of Algorithm 1 / Proposition 1, of
+Algorithm 10 (Composed-KMR: ``KMR.alg10.prop1`` across phases, skip, phase-break, status) and the
 per-rule lemmas, run every mutant (each must be refuted), replay runs of the Python reference
 through the encoding, and run CrossHair on the code (``proofs/README.md``).
 
@@ -16,12 +17,13 @@ from typing import Any
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "prove", help="run the Z3 proofs (Algorithm 1, Proposition 1, rule lemmas) and their mutants")
+        "prove", help="run the Z3 proofs (Algorithm 1, Proposition 1, Algorithm 10, rule lemmas) and their mutants")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true",
                    help="also fail when a CrossHair obligation is unknown (tool missing or inconclusive)")
     p.add_argument("--no-crosshair", action="store_true", help="skip CrossHair (its obligations are unknown)")
-    p.add_argument("--cases", type=int, default=30, help="random runs replayed through the encoding")
+    p.add_argument("--cases", type=int, default=30,
+                   help="random runs replayed through the encoding (Algorithm 10: two thirds as many)")
     p.add_argument("--seed", type=int, default=0, help="seed of the replayed runs")
     p.add_argument("--show-counterexamples", action="store_true",
                    help="print the concrete trace refuting each mutant")
