@@ -104,6 +104,25 @@ def test_prove_covers_prop1_with_mutants(prove_json: tuple[int, dict[str, Any]])
 
 
 @pytest.mark.slow
+def test_prove_covers_alg10(prove_json: tuple[int, dict[str, Any]]) -> None:
+    """``kmr prove`` has Algorithm 10's rows (KMR.alg10.prop1 by induction, bounded and replay;
+    KMR.alg10.skip, KMR.alg10.phase-break, KMR.alg10.status), each induction row with a mutant
+    refuted by a run from the pipeline's initial state (``s0: TOP ...``)."""
+    _, data = prove_json
+    obs, muts = data["obligations"], data["mutants"]
+    assert isinstance(obs, list) and isinstance(muts, list)
+    kinds = {o["kind"] for o in obs if o["clause"] == "KMR.alg10.prop1"}
+    assert kinds == {"induction", "bounded"}, kinds
+    assert any(o["id"] == "alg10-replay" and o["kind"] == "replay" and o["result"] == "proved" for o in obs)
+    for c in ("KMR.alg10.skip", "KMR.alg10.phase-break", "KMR.alg10.status", "KMR.alg10.phase-run"):
+        assert any(o["clause"] == c and o["kind"] == "induction" and o["result"] == "proved" for o in obs), c
+    for o in obs:
+        if o["id"].startswith("alg10-") and o["kind"] == "induction":
+            cex = [m["counterexample"] for m in muts if m["obligation"] == o["id"]]
+            assert cex and all(c.startswith("s0: TOP") for c in cex), o["id"]
+
+
+@pytest.mark.slow
 def test_prove_clauses_exist_in_spec(prove_json: tuple[int, dict[str, Any]]) -> None:
     """Each obligation's clause ID is defined in spec/ (for areas whose spec file exists)."""
     _, data = prove_json

@@ -23,7 +23,7 @@ model at all, so its cost ``C(mp)`` is a free value) and ``intr`` (an interrupt 
 Mutations of the encoding (``MUTATIONS``) are options of the same builder, never copies: each
 must be refuted by Z3 for the obligation it targets (non-vacuity, ``prop1.py``).
 
-Reuse for Algorithm 10 (composition): :func:`loop_commands` takes an ``active`` predicate and a
+Reused by Algorithm 10 (composition, ``alg10.py``): :func:`loop_commands` takes an ``active`` predicate and a
 field-name vocabulary, so a composed system can instantiate the same acceptance logic once per
 phase (``active = phase == j``) and add its phase-switch commands; the obligations of
 ``prop1.py`` are functions of a :class:`Vocab` and a :class:`~kmr_proofs.ts.System`.

@@ -211,20 +211,33 @@ class Outcome:
 
 
 def prove_obligation(ob: Obligation, sys: ts.System | None = None,
-                     inv: dict[str, StatePred] | None = None) -> Outcome:
+                     inv: dict[str, StatePred] | None = None, inv_tag: str = "") -> Outcome:
     """Induction over all states; for P1b also the ranking function and no-deadlock.
 
     ``sys`` / ``inv`` default to Algorithm 1 and its invariant; a composed algorithm passes its
-    own system and invariant (with the same conjunct names) to reuse the obligation."""
+    own system and invariant (with the same conjunct names) to reuse the obligation. With an
+    ``inv_tag`` naming ``inv`` (the same tag always for the same invariant), the initiation and
+    consecution checks of a support already proved on the same system are reused, not redone
+    (their results are copied into this outcome)."""
     opts = Alg1Options(integer_costs=ob.integer_costs)
     sys = sys if sys is not None else alg1_system(opts)
     inv = inv if inv is not None else invariants(opts)
     support = [(n, inv[n]) for n in ob.support]
-    checks = ts.induction(sys, support, ob.state_props, ob.step_props)
+    key = (sys.name, inv_tag, ob.support)
+    if inv_tag and key in _INDUCTIVE:
+        base = [ts.Check(c.name, c.result, c.detail) for c in _INDUCTIVE[key]]
+    else:
+        base = ts.inductive(sys, support)
+        if inv_tag:
+            _INDUCTIVE[key] = base
+    checks = base + ts.implications(sys, support, ob.state_props, ob.step_props)
     if ob.rank is not None:
         checks += ts.ranking(sys, support, ob.rank)
     checks.append(ts.deterministic(sys))
     return _summarize(checks)
+
+
+_INDUCTIVE: dict[tuple[str, str, tuple[str, ...]], list[ts.Check]] = {}
 
 
 def bounded_obligation(ob: Obligation, depth: int) -> Outcome:

@@ -27,7 +27,7 @@ from typing import Any
 
 import z3
 
-from kmr_proofs import lemmas, prop1, replay, ts
+from kmr_proofs import lemmas, prop1, prop10, replay, replay10, ts
 from kmr_proofs.alg1 import LOC_NAMES, RET, STATUS_NAMES, Alg1Options, V, alg1_system
 
 BMC_DEPTH = 8  # transitions: covers N = 0..2 fully, and every exit of the loop
@@ -35,6 +35,9 @@ MUTANT_DEPTH = 6
 TAMPERS_PER_CASE = 3  # tampered copies replayed per run (the tests replay all of them)
 CROSSHAIR_TIMEOUT = 8.0  # CPU seconds per CrossHair condition
 CROSSHAIR_WALL = 24.0  # wall-clock limit for the CrossHair child process
+BMC10_DEPTH = 9  # Algorithm 10: a phase stalls, the next accepts twice (or returns)
+MUTANT10_DEPTH = 11  # the longest shortest counterexample (no-carry vs P1e) has 11 transitions
+COVER10_DEPTH = 12
 
 
 @dataclass
@@ -161,6 +164,57 @@ def _replay(cases: int, seed: int) -> tuple[str, str]:
                       f"({mix}); {n_tampered} tampered traces rejected")
 
 
+# ---------------------------------------------------------------- Algorithm 10 (composition)
+
+def _alg10(rep: Report) -> None:
+    from kmr_proofs.alg1 import MUTATIONS as A1
+    from kmr_proofs.alg10 import MUTATIONS as A10
+
+    def desc(mu: str) -> str:
+        return A10[mu] if mu in A10 else f"every phase: {A1[mu]}"
+
+    for ob, phase in [*((o, False) for o in prop10.obligations()),
+                      *((o, True) for o in prop10.phase_obligations())]:
+        def ind(ob: prop1.Obligation = ob, phase: bool = phase) -> tuple[str, str]:
+            o = prop10.prove(ob, phase=phase)
+            return o.result, (o.detail or f"{len(o.checks)} verification conditions: {ob.summary}")
+        _timed(rep, ob.id, ob.clause, "induction", ind)
+        for mu in ob.mutants:
+            def ref(ob: prop1.Obligation = ob, mu: str = mu) -> tuple[bool, str]:
+                r = prop10.refute(ob, mu, MUTANT10_DEPTH)
+                return r.refuted, r.counterexample
+            _mutant(rep, ob.id, mu, desc(mu), ref)
+    for ob in prop10.obligations():
+        def bnd(ob: prop1.Obligation = ob) -> tuple[str, str]:
+            o = prop10.bounded(ob, BMC10_DEPTH)
+            return o.result, (o.detail or f"no violation in any run of <= {BMC10_DEPTH} transitions")
+        _timed(rep, ob.id.replace("-induction", "-bounded"), ob.clause, "bounded", bnd)
+    _timed(rep, "alg10-coverage", "KMR.alg10.status", "bounded", lambda: prop10.coverage(COVER10_DEPTH))
+
+
+def _replay10(cases: int, seed: int) -> tuple[str, str]:
+    rng = random.Random(seed)
+    statuses: dict[str, int] = {}
+    multi = n_tampered = 0
+    for _ in range(cases):
+        case = replay10.random_case(rng)
+        out = replay10.run_case(case)
+        statuses[str(out.result.status)] = statuses.get(str(out.result.status), 0) + 1
+        multi += len(out.phases) >= 2
+        v = replay10.replay(out, case.max_steps, len(case.phases))
+        if not v.legal:
+            return "failed", f"genuine run rejected at {v.failed_at}: {case}"
+        variants = replay10.tampers(out, case.max_steps)
+        for name, bad, n in rng.sample(variants, min(TAMPERS_PER_CASE, len(variants))):
+            n_tampered += 1
+            if replay10.replay(bad, n, len(case.phases)).legal:
+                return "failed", f"tampered trace ({name}) accepted: {case}"
+    mix = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+    return "proved", (f"{cases} runs of kmr_ref.core.composed_kmr ({multi} with >= 2 phases run) "
+                      f"replayed as legal transitions of the Algorithm 10 encoding ({mix}); "
+                      f"{n_tampered} tampered traces rejected")
+
+
 # ---------------------------------------------------------------- CrossHair
 
 def _crosshair_env() -> dict[str, str]:
@@ -236,8 +290,9 @@ def _lemmas(rep: Report) -> None:
     _timed(rep, "quant-rounding-model", "KMR.quant.error-bound", "lemma", lemmas.rounding_checks)
 
 
-def run_all(*, cases: int = 30, seed: int = 0, crosshair: bool = True) -> Report:
-    """Every obligation and mutant. CrossHair runs in a child process, in parallel."""
+def run_all(*, cases: int = 30, seed: int = 0, crosshair: bool = True, alg10: bool = True) -> Report:
+    """Every obligation and mutant (``alg10=False`` leaves out Algorithm 10's). CrossHair runs in
+    a child process, in parallel."""
     t0 = time.perf_counter()
     rep = Report()
     proc: subprocess.Popen[str] | str = (_start_crosshair() if crosshair
@@ -245,6 +300,10 @@ def run_all(*, cases: int = 30, seed: int = 0, crosshair: bool = True) -> Report
     try:
         _alg1(rep)
         _timed(rep, "alg1-replay", "KMR.trace.record", "replay", lambda: _replay(cases, seed))
+        if alg10:
+            _alg10(rep)
+            _timed(rep, "alg10-replay", "KMR.alg10.phase-trace", "replay",
+                   lambda: _replay10(max(1, cases * 2 // 3), seed))
         _lemmas(rep)
     except BaseException:
         if not isinstance(proc, str):

@@ -5,8 +5,9 @@ A *state* is a dict ``field name -> Z3 term``. A *command* is a guard and a dete
 both functions of the pre-state and of the step's *inputs* (the free values the environment
 chooses: the policy's answer, the proposal's model, an interrupt). The transition relation is
 the disjunction over commands of ``guard(s, i) and s' = update(s, i)`` (fields not updated keep
-their value). Algorithm 1 (``alg1.py``) is one such system; Algorithm 10 (composition) is meant
-to be another, built from the same commands and checked by the same obligations (``prop1.py``).
+their value). Algorithm 1 (``alg1.py``) is one such system; Algorithm 10 (composition,
+``alg10.py``) is another, built from the same commands and checked by the same obligations
+(``prop1.py``, ``prop10.py``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ def induction(sys: System, invariant: Sequence[tuple[str, StatePred]],
     consecution  I(s) and T(s, i, s') => I(s')           (one check per conjunct of I)
     implication  I(s) => P(s);  I(s) and T(s, i, s') => R(s, i, s')
     """
+    return inductive(sys, invariant) + implications(sys, invariant, state_props, step_props)
+
+
+def inductive(sys: System, invariant: Sequence[tuple[str, StatePred]]) -> list[Check]:
+    """Initiation and consecution of ``invariant`` (one check per conjunct)."""
     out: list[Check] = []
     s, i, s2 = sys.state("s"), sys.input("i"), sys.state("s2")
     inv_s = z3.And(*[p(s) for _, p in invariant])
@@ -126,9 +132,21 @@ def induction(sys: System, invariant: Sequence[tuple[str, StatePred]],
     for name, p in invariant:
         r, m = check_valid(z3.Implies(z3.And(inv_s, tr), p(s2)))
         out.append(Check(f"consecution[{name}]", r, _cti(sys, m, s, s2) if m is not None else ""))
+    return out
+
+
+def implications(sys: System, invariant: Sequence[tuple[str, StatePred]],
+                 state_props: Sequence[tuple[str, StatePred]] = (),
+                 step_props: Sequence[tuple[str, StepPred]] = ()) -> list[Check]:
+    """``I(s) => P(s)`` and ``I(s) and T(s, i, s') => R(s, i, s')``: sound once ``inductive``
+    proved I."""
+    out: list[Check] = []
+    s, i, s2 = sys.state("s"), sys.input("i"), sys.state("s2")
+    inv_s = z3.And(*[p(s) for _, p in invariant])
     for name, p in state_props:
         r, m = check_valid(z3.Implies(inv_s, p(s)))
         out.append(Check(f"implies[{name}]", r, _cti(sys, m, s) if m is not None else ""))
+    tr = sys.trans(s, i, s2)
     for name, q in step_props:
         r, m = check_valid(z3.Implies(z3.And(inv_s, tr), q(s, i, s2)))
         out.append(Check(f"implies-step[{name}]", r, _cti(sys, m, s, s2) if m is not None else ""))
