@@ -37,6 +37,17 @@ def defined_clauses() -> dict[str, Path]:
     return out
 
 
+def property_clauses() -> set[str]:
+    """Clauses marked ``(property)``: consequences checked by tests and proofs, not code lines."""
+    out: set[str] = set()
+    for f in spec_files():
+        for line in f.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"^\s*-\s*`(KMR\.[A-Za-z0-9_.-]+)`\s*\[[^\]]*\]\s*\(property\)", line)
+            if m:
+                out.add(m.group(1))
+    return out
+
+
 def algorithm_box(tag: str) -> list[str]:
     """The fenced box whose first line is ``Algorithm <n> ...`` for tag ``alg<n>``."""
     m = re.fullmatch(r"alg(\d+)", tag)

@@ -29,7 +29,7 @@ def budgeted_kmr(
     Returns the last accepted model (never a rejected proposal), the exit status and the trace.
     ``on_record`` is called with each trace record as soon as it exists (for streaming logs).
     """
-    # KMR.alg1.validate: B exact (KMR.exact.binary64 for floats), N a non-negative int
+    # KMR.alg1.validate: B exact (KMR.budget.def, KMR.exact.binary64 for floats), N a non-negative int
     B: Exact = to_exact(budget, clause="KMR.alg1.validate", error=BudgetError, what="budget B")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")

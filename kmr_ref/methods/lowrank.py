@@ -151,7 +151,7 @@ class LowRank:
                                      f"{target!r} is not a factorizable layer of this model")
         for name, mod in scope:
             for pn, t in mod.named_parameters():
-                check_float_finite(f"{name}.{pn}", t, CLAUSE)  # KMR.lowrank.dtype/.empty/.nonfinite
+                check_float_finite(f"{name}.{pn}", t, CLAUSE)  # KMR.lowrank.dtype KMR.lowrank.empty KMR.lowrank.nonfinite
         plan: list[tuple[str, nn.Module, int]] = []
         for name, mod in scope:
             w = _matrix(mod)

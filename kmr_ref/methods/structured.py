@@ -228,7 +228,7 @@ class StructuredPruning:
         prunable = layers[:-1]  # KMR.structured.output-layer-kept
         for lay in layers:
             for pn, t in lay.module.named_parameters():
-                check_float_finite(f"{lay.name}.{pn}", t, CLAUSE)  # KMR.structured.dtype/.empty/.nonfinite
+                check_float_finite(f"{lay.name}.{pn}", t, CLAUSE)  # KMR.structured.dtype KMR.structured.empty KMR.structured.nonfinite
             for bq, b in lay.bns:
                 for pn, t in b.named_parameters():
                     check_float_finite(f"{bq}.{pn}", t, CLAUSE)
