@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -13,6 +14,12 @@ from kmr_ref.core.rules import KMRTriple
 from kmr_ref.core.trace import KMRResult, Status, StepRecord
 
 M = TypeVar("M")
+
+
+def attach_partial(e: BaseException, partial: KMRResult[M]) -> None:
+    """``KMR.alg1.error``: the result so far rides on the exception as ``e.kmr_partial``."""
+    with contextlib.suppress(AttributeError, TypeError):  # exceptions that refuse attributes
+        e.kmr_partial = partial  # type: ignore[attr-defined]
 
 
 def budgeted_kmr(
@@ -75,6 +82,11 @@ def budgeted_kmr(
         status = Status.INTERRUPTED
         if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
             m_cur, c_cur, q_cur = m_new, c_new, q_new  # interrupted between recording and accepting
+    except Exception as e:  # KMR.alg1.error: propagate, carrying what was accepted so far
+        if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
+            m_cur, c_cur, q_cur = m_new, c_new, q_new
+        attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))
+        raise
     if c_cur <= B:  # KMR.alg1.feasible
         status = Status.FEASIBLE
     assert status is not None

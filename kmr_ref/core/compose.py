@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-from kmr_ref.core.budgeted import budgeted_kmr
+from kmr_ref.core.budgeted import attach_partial, budgeted_kmr
 from kmr_ref.core.errors import BudgetError
 from kmr_ref.core.exact import to_exact
-from kmr_ref.core.meters import CostMeter, QualityMeter
+from kmr_ref.core.meters import CostMeter, QualityMeter, as_cost_meter, as_quality_meter
 from kmr_ref.core.policy import Policy
 from kmr_ref.core.rules import KMRTriple, Rule
 from kmr_ref.core.trace import KMRResult, Status, StepRecord
@@ -52,6 +52,8 @@ def composed_kmr(
     on_record: Callable[[str, StepRecord], None] | None = None,
 ) -> ComposedResult[M]:
     """Run the phases in order, each as Algorithm 1 from the last accepted model."""
+    cost = as_cost_meter(cost)  # KMR.meter.cost-exact, also for a plain callable
+    quality = None if quality is None else as_quality_meter(quality)
     B = to_exact(budget, clause="KMR.alg1.validate", error=BudgetError, what="budget B")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")
@@ -66,8 +68,16 @@ def composed_kmr(
         if c_cur <= B or used >= max_steps:  # KMR.alg10.skip
             break
         tri = KMRTriple(ph.name, ph.rule, cost, quality)  # KMR.alg10.shared-cost
-        res = budgeted_kmr(m_cur, tri, ph.policy, B, max_steps - used,  # KMR.alg10.phase-run
-                           on_record=_tagged(on_record, ph.name, used))
+        try:
+            res = budgeted_kmr(m_cur, tri, ph.policy, B, max_steps - used,  # KMR.alg10.phase-run
+                               on_record=_tagged(on_record, ph.name, used))
+        except Exception as e:  # KMR.alg1.error for the whole pipeline
+            part = getattr(e, "kmr_partial", None)
+            if isinstance(part, KMRResult):
+                steps = trace + [replace(r, t=r.t + used) for r in part.trace]
+                attach_partial(e, KMRResult(part.model, Status.INTERRUPTED, tuple(steps), B, c0,
+                                            part.cost_final, q0, part.quality_final))
+            raise
         for r in res.trace:  # KMR.alg10.phase-trace
             trace.append(replace(r, t=r.t + used))
             owners.append(ph.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Generic, Literal, TypeVar
 
 from kmr_ref.core.errors import MeterError
@@ -24,6 +25,8 @@ class CostMeter(Generic[M]):
 
     def __call__(self, model: M) -> Exact:
         c = self.fn(model)
+        if isinstance(c, Integral) and not isinstance(c, (bool, int)):  # e.g. numpy.int64
+            c = int(c)
         if not is_exact(c):  # KMR.meter.cost-exact
             raise MeterError("KMR.meter.cost-exact",
                              f"cost meter {self.name!r} returned {type(c).__name__} {c!r}; "
@@ -43,6 +46,8 @@ class QualityMeter(Generic[M]):
 
     def __call__(self, model: M) -> float:
         q = self.fn(model)
+        if isinstance(q, Real) and not isinstance(q, (bool, int, float)):  # e.g. numpy.float32
+            q = float(q)
         if isinstance(q, bool) or not isinstance(q, (int, float)):
             raise MeterError("KMR.meter.quality", f"quality meter {self.name!r} returned {type(q).__name__}")
         if not math.isfinite(q):
@@ -61,3 +66,13 @@ class InformativeMeter(Generic[M]):
 
     def __call__(self, model: M) -> float:
         return float(self.fn(model))
+
+
+def as_cost_meter(m: CostMeter[M] | Callable[[M], Exact]) -> CostMeter[M]:
+    """A CostMeter as is; a plain callable wrapped (``KMR.meter.cost-exact`` applies to it)."""
+    return m if isinstance(m, CostMeter) else CostMeter(getattr(m, "__name__", "cost"), m)
+
+
+def as_quality_meter(m: QualityMeter[M] | Callable[[M], float]) -> QualityMeter[M]:
+    """A QualityMeter as is; a plain callable wrapped (``KMR.meter.quality`` applies to it)."""
+    return m if isinstance(m, QualityMeter) else QualityMeter(getattr(m, "__name__", "quality"), m)

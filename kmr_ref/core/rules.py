@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from kmr_ref.core.knobs import Knob, KnobValue
-from kmr_ref.core.meters import CostMeter, InformativeMeter, QualityMeter
+from kmr_ref.core.meters import CostMeter, InformativeMeter, QualityMeter, as_cost_meter, as_quality_meter
 
 M = TypeVar("M")
 
@@ -35,6 +35,13 @@ class KMRTriple(Generic[M]):
     cost: CostMeter[M]
     quality: QualityMeter[M] | None = None
     informative: tuple[InformativeMeter[M], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # KMR.meter.cost-exact / KMR.meter.quality: a plain callable is wrapped, so its values are
+        # validated like any meter's (a float cost can never slip through)
+        object.__setattr__(self, "cost", as_cost_meter(self.cost))
+        if self.quality is not None:
+            object.__setattr__(self, "quality", as_quality_meter(self.quality))
 
     @property
     def knobs(self) -> Sequence[Knob]:

@@ -1,0 +1,82 @@
+"""Edge cases of the core found in review: plain-callable meters, numpy numbers, errors mid-run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from kmr_ref.core import (
+    CostMeter,
+    IntRange,
+    KMRTriple,
+    Knob,
+    KnobValue,
+    MeterError,
+    Phase,
+    Proposal,
+    RuleInputError,
+    ScheduledPolicy,
+    Status,
+    budgeted_kmr,
+    composed_kmr,
+)
+
+
+class Step:
+    """Model: an int; knob 'v' sets it to v; values >= 100 are refused by the rule."""
+
+    def knobs(self) -> Sequence[Knob]:
+        return [Knob("v", IntRange(0, 1000))]
+
+    def apply(self, model: int, knob: str, value: KnobValue) -> int:
+        assert isinstance(value, int)
+        if value >= 100:
+            raise RuleInputError("KMR.rule.domain-error", f"cannot take {value}")
+        return value
+
+
+def test_plain_callable_cost_is_validated() -> None:
+    """KMR.meter.cost-exact: a plain callable given as the cost meter is wrapped and validated,
+    so a float cost raises MeterError instead of slipping into the result."""
+    tri: KMRTriple[int] = KMRTriple("t", Step(), lambda m: m + 0.5)  # type: ignore[arg-type]
+    with pytest.raises(MeterError) as e:
+        budgeted_kmr(50, tri, ScheduledPolicy((Proposal("v", 10),)), 0, 5)
+    assert e.value.clause == "KMR.meter.cost-exact"
+    with pytest.raises(MeterError, match=r"KMR\.meter\.quality"):
+        KMRTriple("t", Step(), lambda m: m, lambda m: float("nan")).quality(1)  # type: ignore[arg-type,misc]
+
+
+def test_numpy_numbers_from_meters() -> None:
+    """KMR.meter.cost-exact, KMR.meter.quality: numpy integers and floats are accepted as the
+    Python numbers they equal; numpy floats are still refused as costs."""
+    assert CostMeter[int]("c", lambda m: np.int64(7))(0) == 7  # type: ignore[arg-type,return-value]
+    assert type(CostMeter[int]("c", lambda m: np.int64(7))(0)) is int  # type: ignore[arg-type,return-value]
+    tri: KMRTriple[int] = KMRTriple("t", Step(), CostMeter("c", lambda m: m), lambda m: np.float32(0.5))  # type: ignore[arg-type,return-value]
+    assert tri.quality is not None and tri.quality(3) == 0.5
+    with pytest.raises(MeterError):
+        CostMeter[int]("c", lambda m: np.float64(7.0))(0)  # type: ignore[arg-type,return-value]
+
+
+def test_error_mid_run_carries_partial_result() -> None:
+    """KMR.alg1.error: a rule error on the 3rd proposal propagates unchanged and carries the last
+    accepted model and the trace so far as ``kmr_partial`` (status interrupted)."""
+    tri: KMRTriple[int] = KMRTriple("t", Step(), CostMeter("c", lambda m: m))
+    pol = ScheduledPolicy((Proposal("v", 40), Proposal("v", 30), Proposal("v", 200), Proposal("v", 1)))
+    with pytest.raises(RuleInputError) as e:
+        budgeted_kmr(50, tri, pol, 0, 10)
+    part = e.value.kmr_partial  # type: ignore[attr-defined]
+    assert part.model == 30 and part.status is Status.INTERRUPTED and part.cost_final == 30
+    assert [(r.value, r.accepted) for r in part.trace] == [(40, True), (30, True)]
+
+
+def test_error_mid_pipeline_carries_partial_result() -> None:
+    """KMR.alg1.error for Algorithm 10: the partial result covers the whole pipeline (global t)."""
+    ok = Phase("a", Step(), ScheduledPolicy((Proposal("v", 40),)))
+    bad = Phase("b", Step(), ScheduledPolicy((Proposal("v", 20), Proposal("v", 500))))
+    with pytest.raises(RuleInputError) as e:
+        composed_kmr(50, [ok, bad], CostMeter("c", lambda m: m), 0, 10)
+    part = e.value.kmr_partial  # type: ignore[attr-defined]
+    assert part.model == 20 and part.cost_initial == 50
+    assert [(r.t, r.value) for r in part.trace] == [(0, 40), (1, 20)]
