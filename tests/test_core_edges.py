@@ -80,3 +80,22 @@ def test_error_mid_pipeline_carries_partial_result() -> None:
     part = e.value.kmr_partial  # type: ignore[attr-defined]
     assert part.model == 20 and part.cost_initial == 50
     assert [(r.t, r.value) for r in part.trace] == [(0, 40), (1, 20)]
+
+
+def test_interrupt_while_a_phase_measures_its_start() -> None:
+    """KMR.alg1.interrupt in Algorithm 10: a Ctrl-C while a later phase measures its start model
+    keeps the earlier phases' accepted steps (status interrupted, the phase ends at its head)."""
+    calls = {"n": 0}
+
+    def cost(m: int) -> int:
+        calls["n"] += 1
+        if calls["n"] == 4:  # 1: M_0, 2: phase a measures its start, 3: its proposal, 4: phase b starts
+            raise KeyboardInterrupt
+        return m
+
+    a = Phase("a", Step(), ScheduledPolicy((Proposal("v", 40),)))
+    b = Phase("b", Step(), ScheduledPolicy((Proposal("v", 20),)))
+    out = composed_kmr(50, [a, b], CostMeter("c", cost), 0, 10)
+    assert out.result.status is Status.INTERRUPTED and out.result.model == 40
+    assert [(p.name, p.status, p.steps) for p in out.phases] == [
+        ("a", Status.POLICY_STOP, 1), ("b", Status.INTERRUPTED, 0)]

@@ -229,18 +229,26 @@ def test_refactor() -> None:
 
 
 def test_rank_range() -> None:
-    """KMR.lowrank.rank-range: r <= 0 is KnobDomainError, r >= min(m, n) is RuleInputError, both
-    naming the clause; the model is untouched."""
+    """KMR.lowrank.rank-range: r <= 0 (in any spelling) is KnobDomainError; r >= min(m, n) is
+    RuleInputError for rank@<layer> and leaves the layer unchanged for the global knob; the model
+    is untouched."""
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
     before = state_bytes(model)
     for r in (0, -1):
         with pytest.raises(KnobDomainError) as e:
             LowRank().apply(model, "rank", r)
         assert e.value.clause == "KMR.lowrank.rank-range"
-    for r in (3, 4, 100):
+    for r in (3, 4, 100):  # rank@<layer> names one layer: r >= min(m, n) is an error
         with pytest.raises(RuleInputError) as e2:
-            LowRank().apply(model, "rank", r)
+            LowRank(layers=("0", "2")).apply(model, "rank@2", r)
         assert e2.value.clause == "KMR.lowrank.rank-range"
+        # the global knob leaves such layers unchanged (r(m+n) >= mn: not applicable)
+        same: Any = LowRank().apply(model, "rank", r)
+        assert isinstance(same[0], nn.Linear) and isinstance(same[2], nn.Linear)
+    for bad_r in ("0", Fraction(0), -1.0):  # non-int spellings still name the rank clause
+        with pytest.raises(KnobDomainError) as e3:
+            LowRank().apply(model, "rank", bad_r)
+        assert e3.value.clause == "KMR.lowrank.rank-range"
     kept: Any = LowRank(layers=("0",)).apply(model, "rank", 3)
     assert isinstance(kept[0], nn.Linear)  # 3*10 >= 24: unchanged
     for bad in (1.5, "x", True, 2**21):

@@ -71,6 +71,10 @@ def composed_kmr(
         try:
             res = budgeted_kmr(m_cur, tri, ph.policy, B, max_steps - used,  # KMR.alg10.phase-run
                                on_record=_tagged(on_record, ph.name, used))
+        except KeyboardInterrupt:  # KMR.alg1.interrupt while the phase measures its start model:
+            outcomes.append(PhaseOutcome(ph.name, Status.INTERRUPTED, 0))  # = at its loop head
+            status = Status.INTERRUPTED
+            break
         except Exception as e:  # KMR.alg1.error for the whole pipeline
             part = getattr(e, "kmr_partial", None)
             if isinstance(part, KMRResult):

@@ -18,7 +18,7 @@ from torch import nn
 
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
 from kmr_ref.core.knobs import IntRange, Knob, KnobValue, RealInterval, find_knob
-from kmr_ref.methods.modules import check_float_finite, clone_tree, set_submodule
+from kmr_ref.methods.modules import check_float_finite, check_supported, clone_tree, set_submodule
 
 CLAUSE = "KMR.lowrank"
 RANK_MAX = 1 << 20  # the static upper end of the `rank` knob's domain; layers refuse r >= min(m, n)
@@ -70,7 +70,10 @@ def energy_rank(s: torch.Tensor, energy: Fraction) -> int:
     e_i = fl64(s_i * s_i) and P_r = math.fsum(e_0..e_{r-1}) (exactly rounded), compared as exact
     rationals."""
     e = [x * x for x in s.tolist()]
-    total = Fraction(math.fsum(e))
+    try:
+        total = Fraction(math.fsum(e))
+    except (OverflowError, ValueError) as exc:  # KMR.lowrank.nonfinite: the energy overflows
+        raise RuleInputError("KMR.lowrank.nonfinite", "the singular values' energy overflows binary64") from exc
     for r in range(1, len(e) + 1):
         if Fraction(math.fsum(e[:r])) >= energy * total:
             return r
@@ -139,10 +142,13 @@ class LowRank:
     def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
         kind, _, target = knob.partition("@")
         k = find_knob(self.knobs(), knob)  # KMR.knob.unknown
-        if kind == "rank" and isinstance(value, int) and not isinstance(value, bool) and value <= 0:
-            # KMR.lowrank.rank-range
-            raise KnobDomainError(f"{CLAUSE}.rank-range", f"rank must be >= 1, got {value}")
-        v = k.check(value)  # KMR.knob.domain
+        try:
+            v = k.check(value)  # KMR.knob.domain
+        except KnobDomainError as e:
+            if kind != "rank":
+                raise
+            raise KnobDomainError(f"{CLAUSE}.rank-range", f"rank must be an integer >= 1: {e.message}") from e
+        check_supported(model)  # KMR.rule.unsupported-module
         scope = targets(model, self.layers)
         if target:  # KMR.lowrank.per-layer-knob
             scope = [(n, m) for n, m in scope if n == target]
@@ -151,14 +157,15 @@ class LowRank:
                                      f"{target!r} is not a factorizable layer of this model")
         for name, mod in scope:
             for pn, t in mod.named_parameters():
-                check_float_finite(f"{name}.{pn}", t, CLAUSE)  # KMR.lowrank.dtype KMR.lowrank.empty KMR.lowrank.nonfinite
+                # KMR.lowrank.dtype KMR.lowrank.empty KMR.lowrank.nonfinite
+                check_float_finite(f"{name}.{pn}", t, CLAUSE)
         plan: list[tuple[str, nn.Module, int]] = []
         for name, mod in scope:
             w = _matrix(mod)
             m, n = int(w.shape[0]), int(w.shape[1])
             if kind == "rank":
                 r = int(v)
-                if r >= min(m, n):  # KMR.lowrank.rank-range
+                if r >= min(m, n) and target:  # KMR.lowrank.rank-range: rank@<layer> names one layer
                     raise RuleInputError(f"{CLAUSE}.rank-range",
                                          f"{name}: rank {r} >= min(m, n) = {min(m, n)}")
             else:

@@ -17,6 +17,27 @@ from torch import nn
 from kmr_ref.core.errors import RuleInputError
 
 
+def check_supported(model: nn.Module) -> None:
+    """``KMR.rule.unsupported-module``: refuse module trees whose tensors are not plain
+    parameters: parametrized modules (``torch.nn.utils.parametrize``, new-style weight_norm),
+    modules pruned by ``torch.nn.utils.prune`` (``<name>_orig`` + ``<name>_mask``) or old-style
+    ``weight_norm`` (``<name>_g`` + ``<name>_v`` recomputed by a hook), and lazy modules whose
+    parameters are not yet initialized."""
+    for name, mod in model.named_modules():
+        where = name or "<root>"
+        if "parametrizations" in mod._modules:
+            raise RuleInputError("KMR.rule.unsupported-module", f"{where} is parametrized")
+        for pname, p in mod._parameters.items():
+            if isinstance(p, nn.parameter.UninitializedParameter):
+                raise RuleInputError("KMR.rule.unsupported-module", f"{where}.{pname} is not initialized (lazy)")
+            if pname.endswith("_orig") and f"{pname[:-5]}_mask" in mod._buffers:
+                raise RuleInputError("KMR.rule.unsupported-module",
+                                     f"{where} is pruned by torch.nn.utils.prune ({pname}); call prune.remove first")
+            if pname.endswith("_g") and f"{pname[:-2]}_v" in mod._parameters:
+                raise RuleInputError("KMR.rule.unsupported-module",
+                                     f"{where} uses weight_norm ({pname}); call remove_weight_norm first")
+
+
 def clone_tree(module: nn.Module) -> nn.Module:
     """A new module tree: every module object is a shallow copy with its own parameter, buffer,
     child and hook dicts; the tensors themselves are shared."""
@@ -27,18 +48,20 @@ def clone_tree(module: nn.Module) -> nn.Module:
             return memo[id(m)]
         c = copy.copy(m)
         memo[id(m)] = c
-        for attr in ("_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_pre_hooks",
-                     "_backward_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
-            d = m.__dict__.get(attr)
-            if isinstance(d, dict):
+        # every dict and set of the module's own state (parameters, buffers, children, all hook
+        # tables, the non-persistent buffer set) gets its own container in the copy
+        for attr, d in m.__dict__.items():
+            if isinstance(d, OrderedDict):
                 c.__dict__[attr] = OrderedDict(d)
-        nps = m.__dict__.get("_non_persistent_buffers_set")
-        if isinstance(nps, set):
-            c.__dict__["_non_persistent_buffers_set"] = set(nps)
+            elif isinstance(d, dict):
+                c.__dict__[attr] = dict(d)
+            elif isinstance(d, set):
+                c.__dict__[attr] = set(d)
         for name, child in m._modules.items():
             c._modules[name] = None if child is None else rec(child)
         return c
 
+    check_supported(module)  # KMR.rule.unsupported-module
     return rec(module)
 
 
@@ -72,7 +95,9 @@ def default_prunable(module_name: str, module: nn.Module, pname: str, p: torch.T
 
 def ordered_parameters(model: nn.Module, keep: PrunableFilter) -> Iterator[tuple[str, torch.Tensor]]:
     """``KMR.prune.tensor-order``: parameters in ``named_modules()`` depth-first registration order,
-    each module's own parameters in registration order, a shared tensor once at its first name."""
+    each module's own parameters in registration order, a shared tensor once at its first name
+    (its first holder alone decides whether it is selected)."""
+    check_supported(model)  # KMR.rule.unsupported-module
     seen: set[int] = set()
     for mname, mod in model.named_modules(remove_duplicate=True):
         for pname, p in mod._parameters.items():

@@ -188,7 +188,8 @@ class UniformQuantization:
         if self.granularity not in ("tensor", "channel", "group"):
             raise ValueError(f"granularity must be 'tensor', 'channel' or 'group', got {self.granularity!r}")
         code_range(self.bits, self.scheme)
-        if isinstance(self.group_size, bool) or not 1 <= self.group_size <= MAX_GROUP_SIZE:
+        if (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                or not 1 <= self.group_size <= MAX_GROUP_SIZE):
             raise KnobDomainError("KMR.quant.groups", f"group_size must be in [1, 2^31], got {self.group_size!r}")
 
     def knobs(self) -> Sequence[Knob]:

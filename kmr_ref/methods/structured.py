@@ -20,7 +20,7 @@ from torch import nn
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
 from kmr_ref.core.exact import to_exact
 from kmr_ref.core.knobs import Knob, KnobValue, RealInterval, find_knob
-from kmr_ref.methods.modules import check_float_finite, clone_tree, set_parameter
+from kmr_ref.methods.modules import check_float_finite, check_supported, clone_tree, set_parameter
 
 CLAUSE = "KMR.structured"
 Scope = Literal["per-layer", "global"]
@@ -153,7 +153,13 @@ def channel_scores(weight: torch.Tensor, p: int) -> list[float]:
     w = weight.detach().to(device="cpu", dtype=torch.float64).reshape(weight.shape[0], -1).abs()
     if p == 2:
         w = w * w
-    return [math.fsum(row) for row in w.tolist()]
+    try:
+        scores = [math.fsum(row) for row in w.tolist()]
+    except OverflowError:
+        scores = [math.inf]
+    if not all(math.isfinite(x) for x in scores):  # KMR.structured.nonfinite: the score overflows
+        raise RuleInputError("KMR.structured.nonfinite", "a channel score overflows binary64")
+    return scores
 
 
 def removed_per_layer(scores: Sequence[float], fraction: Fraction) -> list[int]:
@@ -224,11 +230,13 @@ class StructuredPruning:
     def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
         f = find_knob(self.knobs(), knob).check(value)  # KMR.knob.domain / KMR.knob.unknown
         frac = Fraction(to_exact(f, clause="KMR.knob.domain", error=KnobDomainError, what="fraction"))
+        check_supported(model)  # KMR.rule.unsupported-module
         layers = analyse(model)
         prunable = layers[:-1]  # KMR.structured.output-layer-kept
         for lay in layers:
             for pn, t in lay.module.named_parameters():
-                check_float_finite(f"{lay.name}.{pn}", t, CLAUSE)  # KMR.structured.dtype KMR.structured.empty KMR.structured.nonfinite
+                # KMR.structured.dtype KMR.structured.empty KMR.structured.nonfinite
+                check_float_finite(f"{lay.name}.{pn}", t, CLAUSE)
             for bq, b in lay.bns:
                 for pn, t in b.named_parameters():
                     check_float_finite(f"{bq}.{pn}", t, CLAUSE)
