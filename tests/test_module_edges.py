@@ -100,3 +100,19 @@ def test_score_overflow_is_typed() -> None:
     with pytest.raises(RuleInputError) as e2:
         LowRank().apply(m, "energy", 0.5)
     assert e2.value.clause == "KMR.lowrank.nonfinite"
+
+
+def test_structured_refuses_activation_subclass() -> None:
+    """KMR.structured.next-layer: modules between layers are matched by exact type; a ReLU subclass
+    (which may change forward) is refused as KMR.structured.unsupported-graph."""
+
+    class Leaky(nn.ReLU):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - 1
+
+    m = nn.Sequential(nn.Linear(4, 4), Leaky(), nn.Linear(4, 2))
+    with pytest.raises(RuleInputError) as e:
+        StructuredPruning().apply(m, "fraction", 0.5)
+    assert e.value.clause == "KMR.structured.unsupported-graph"
+    ok = StructuredPruning().apply(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), "fraction", 0.5)
+    assert ok[0].weight.shape == (2, 4)

@@ -27,7 +27,7 @@ def to_exact(x: object, *, clause: str, error: type[KMRError], what: str) -> Exa
     if isinstance(x, Rational):  # e.g. numpy integers
         r = Fraction(int(x.numerator), int(x.denominator))
         return r if r.denominator != 1 else int(r.numerator)
-    if isinstance(x, Real) and not isinstance(x, float):  # e.g. numpy.float32: its exact binary64 value
+    if isinstance(x, Real) and not isinstance(x, float):  # e.g. numpy.float32: converted to binary64 (exact)
         x = float(x)
     if isinstance(x, float):
         if not math.isfinite(x):

@@ -120,8 +120,8 @@ def analyse(model: nn.Module) -> list[Layer]:
                 if b.num_features != c:
                     raise _unsupported(f"{bq!r} has {b.num_features} features, {q!r} gives {c}")
                 lay.bns.append((bq, b))
-            elif isinstance(b, _ELEMENTWISE) or (isinstance(b, _POOL) and not lay.flatten
-                                                 and isinstance(m, _CONV)):
+            elif type(b) in _ELEMENTWISE or (type(b) in _POOL and not lay.flatten  # exact types
+                                             and isinstance(m, _CONV)):
                 continue
             elif isinstance(b, nn.Flatten) and isinstance(m, _CONV) and not lay.flatten:
                 if b.start_dim != 1 or b.end_dim != -1:
