@@ -27,9 +27,9 @@ from torch import nn
 from kmr_ref.core.compose import Phase, PhaseOutcome, composed_kmr
 from kmr_ref.core.errors import KMRError
 from kmr_ref.core.exact import Exact, to_exact
-from kmr_ref.core.knobs import FiniteDomain, IntRange, Knob, KnobValue, RealInterval
+from kmr_ref.core.knobs import FiniteDomain, IntRange, Knob, RealInterval
 from kmr_ref.core.meters import CostMeter, QualityMeter
-from kmr_ref.core.policy import GreedyPolicy, Policy, PolicyState, Proposal, ScheduledPolicy, Stop, ladder_candidates
+from kmr_ref.core.policy import GreedyPolicy, Policy, Proposal, ScheduledPolicy, ladder_candidates
 from kmr_ref.core.rules import Rule
 from kmr_ref.core.trace import Status, StepRecord, json_value
 from kmr_ref.methods.lowrank import LowRank
@@ -611,23 +611,27 @@ def compress(model: nn.Module, config: CompressConfig, *, quality: QualityFn | N
         for f in (MODEL_FILE, REPORT_FILE):  # a stale result never sits next to a new trace
             (out / f).unlink(missing_ok=True)
         log = (out / TRACE_FILE).open("w", encoding="utf-8")
-    track = _Tracker(m0, c0, log)
-    tracked = [Phase(p.name, _TrackedRule(p.rule, track), _TrackedPolicy(p.name, p.policy, track)) for p in phases]
+    written: list[StepRecord] = []
+
+    def on_record(phase: str, r: StepRecord) -> None:
+        written.append(r)
+        if log is not None:  # streamed: an interrupted run keeps every record so far
+            log.write(json.dumps({**r.to_json(), "phase": phase}) + "\n")
+            log.flush()
+
     try:
         try:
-            res = composed_kmr(m0, tracked, cost, budget, config.max_steps, quality=qmeter,
-                               on_record=track.on_record)
-            status, final = res.result.status, res.result
-            steps, owners, outcomes = final.trace, res.phase_of_record, res.phases
+            res = composed_kmr(m0, phases, cost, budget, config.max_steps, quality=qmeter, on_record=on_record)
+            final = res.result
+            status, steps, owners, outcomes = final.status, final.trace, res.phase_of_record, res.phases
             m_out, c_fin, q0, q_fin = final.model, final.cost_final, final.quality_initial, final.quality_final
-        except KeyboardInterrupt:  # KMR.compress.interrupt: an interrupt the core did not catch
+        except KeyboardInterrupt:  # KMR.compress.interrupt: while Algorithm 10 measured M_0 itself
             q0 = q_of_m0[0] if q_of_m0 else None
-            m_out, c_fin = track.model, track.cost
-            q_fin = track.quality if track.model is not m0 else q0
-            status = Status.FEASIBLE if c_fin <= budget else Status.INTERRUPTED  # as Algorithm 1, line 13
-            steps, owners = tuple(track.records), tuple(track.owners)
-            outcomes = tuple(track.outcomes(names))
-        track.flush_rest(steps, owners)  # KMR.compress.outputs: trace.jsonl holds every step
+            status, steps, owners, outcomes = Status.INTERRUPTED, (), (), ()
+            m_out, c_fin, q_fin = m0, c0, q0
+        if log is not None:  # an interrupt between recording and streaming: write what is missing
+            for r, ph in zip(steps[len(written):], owners[len(written):], strict=True):
+                log.write(json.dumps({**r.to_json(), "phase": ph}) + "\n")
     finally:
         if log is not None:
             log.close()
@@ -698,80 +702,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-class _Tracker:
-    """Follows the run from the outside: streams each record to ``trace.jsonl`` as it happens and
-    remembers the last accepted model, so that an interrupt that escapes the core (e.g. during a
-    phase's initial measurement) still returns it (``KMR.compress.interrupt``)."""
-
-    def __init__(self, m0: nn.Module, c0: Exact, log: IO[str] | None) -> None:
-        self.model, self.cost = m0, c0
-        self.quality: float | None = None
-        self.last_applied: nn.Module | None = None
-        self.records: list[StepRecord] = []
-        self.owners: list[str] = []
-        self.started: list[str] = []
-        self.log = log
-        self.written = 0
-
-    def on_record(self, phase: str, r: StepRecord) -> None:
-        self.records.append(r)
-        self.owners.append(phase)
-        if r.accepted and self.last_applied is not None:
-            self.model, self.cost, self.quality = self.last_applied, r.cost_after, r.quality
-        self._write(phase, r)
-
-    def _write(self, phase: str, r: StepRecord) -> None:
-        if self.log is not None:  # streamed: an interrupted run keeps every record so far
-            self.log.write(json.dumps({**r.to_json(), "phase": phase}) + "\n")
-            self.log.flush()
-        self.written += 1
-
-    def flush_rest(self, steps: Sequence[StepRecord], owners: Sequence[str]) -> None:
-        """Write the records the core returned but did not stream (an interrupt between the two)."""
-        for r, ph in zip(steps[self.written:], owners[self.written:], strict=True):
-            self._write(ph, r)
-
-    def outcomes(self, names: Sequence[str]) -> list[PhaseOutcome]:
-        """Phase outcomes after an interrupt that escaped Algorithm 10: every started phase ended
-        (its loop catches interrupts itself), stalled if its last record was rejected, else by its
-        policy's Stop; the next phase was interrupted before its first proposal."""
-        out: list[PhaseOutcome] = []
-        for name in self.started:
-            recs = [r for r, o in zip(self.records, self.owners, strict=True) if o == name]
-            st = Status.STALLED if recs and not recs[-1].accepted else Status.POLICY_STOP
-            out.append(PhaseOutcome(name, st, len(recs)))
-        rest = [n for n in names if n not in self.started]
-        if rest:
-            out.append(PhaseOutcome(rest[0], Status.INTERRUPTED, 0))
-        return out
-
-
-@dataclass(frozen=True)
-class _TrackedRule:
-    inner: Rule[nn.Module]
-    track: _Tracker
-
-    def knobs(self) -> Sequence[Knob]:
-        return self.inner.knobs()
-
-    def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
-        out = self.inner.apply(model, knob, value)
-        self.track.last_applied = out  # Algorithm 1 applies the accepted proposal last before recording it
-        return out
-
-
-@dataclass(frozen=True)
-class _TrackedPolicy:
-    name: str
-    inner: Policy[nn.Module]
-    track: _Tracker
-
-    def __call__(self, state: PolicyState[nn.Module]) -> Proposal | Stop:
-        if not self.track.started or self.track.started[-1] != self.name:
-            self.track.started.append(self.name)
-        return self.inner(state)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import argparse
 import json
 import time
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch import nn
 
+from kmr_ref.compress import save_model
 from kmr_ref.core import (
     GreedyPolicy,
     KMRResult,
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         test_acc = digits.accuracy(res.model, data.test)
         runs.append(_report(name, res, base_test, test_acc, train_s, seconds))
         if args.out is not None:
-            _save(res.model, args.out / f"{name}.safetensors")
+            save_model(res.model, args.out / f"{name}.safetensors")  # atomic
         if not args.json:
             _print_table(con, name, res, test_acc, seconds)
     if args.policy in ("compose", "all"):
@@ -122,7 +122,7 @@ def _compositions(con: Console, model: nn.Module, data: digits.Digits, rule: Mag
         rep["phases"] = [{"name": p.name, "status": p.status.value, "steps": p.steps} for p in out.phases]
         runs.append(rep)
         if args.out is not None:
-            _save(res.model, args.out / f"{name}.safetensors")
+            save_model(res.model, args.out / f"{name}.safetensors")  # atomic
         if not args.json:
             _print_table(con, name, res, test_acc, seconds, out.phase_of_record)
             con.print("phases: " + ", ".join(f"{p.name} -> {p.status.value}" for p in out.phases) + "\n")
@@ -177,12 +177,3 @@ def _print_table(con: Console, name: str, res: KMRResult[nn.Module], test_acc: f
     q = "" if res.quality_final is None else f"{res.quality_final:.4f}"
     con.print(f"status [bold]{res.status.value}[/]: cost {res.cost_initial} -> {res.cost_final} "
               f"(budget {res.budget}), val accuracy {q}, test accuracy {test_acc:.4f}, {seconds:.1f} s\n")
-
-
-def _save(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)  # atomic: an interrupted save never leaves a half-written file
-
