@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from kmr_ref.core import (
     MeterError,
     Phase,
     Proposal,
+    QualityMeter,
     RuleInputError,
     ScheduledPolicy,
     Status,
@@ -99,3 +101,46 @@ def test_interrupt_while_a_phase_measures_its_start() -> None:
     assert out.result.status is Status.INTERRUPTED and out.result.model == 40
     assert [(p.name, p.status, p.steps) for p in out.phases] == [
         ("a", Status.POLICY_STOP, 1), ("b", Status.INTERRUPTED, 0)]
+
+
+def test_interrupt_while_merging_a_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KMR.alg1.interrupt in Algorithm 10: a Ctrl-C while the pipeline records a finished phase
+    keeps that phase whole; the next phase is reported interrupted at its loop head."""
+    import kmr_ref.core.compose as compose_mod
+
+    real = compose_mod._Acc.merged
+    fired = {"n": 0}
+
+    def flaky(self: Any, name: str, res: Any) -> Any:
+        if fired["n"] == 0:
+            fired["n"] += 1
+            raise KeyboardInterrupt
+        return real(self, name, res)
+
+    monkeypatch.setattr(compose_mod._Acc, "merged", flaky)
+    a = Phase("a", Step(), ScheduledPolicy((Proposal("v", 40), Proposal("v", 30))))
+    b = Phase("b", Step(), ScheduledPolicy((Proposal("v", 20),)))
+    out = composed_kmr(50, [a, b], CostMeter("c", lambda m: m), 0, 10)
+    assert out.result.status is Status.INTERRUPTED and out.result.model == 30
+    assert [(r.t, r.value) for r in out.result.trace] == [(0, 40), (1, 30)]
+    assert [(p.name, p.status, p.steps) for p in out.phases] == [
+        ("a", Status.POLICY_STOP, 2), ("b", Status.INTERRUPTED, 0)]
+
+
+def test_error_at_a_phase_start_carries_the_pipeline() -> None:
+    """KMR.alg1.error for Algorithm 10: an error while phase 2 measures its start model carries
+    phase 1's accepted steps as kmr_partial."""
+    calls = {"n": 0}
+
+    def quality(m: int) -> float:
+        calls["n"] += 1
+        if calls["n"] == 4:  # 1: M_0, 2: phase a's start, 3: its proposal, 4: phase b's start
+            raise RuntimeError("evaluation failed")
+        return 1.0
+
+    a = Phase("a", Step(), ScheduledPolicy((Proposal("v", 40),)))
+    b = Phase("b", Step(), ScheduledPolicy((Proposal("v", 20),)))
+    with pytest.raises(RuntimeError) as e:
+        composed_kmr(50, [a, b], CostMeter("c", lambda m: m), 0, 10, quality=QualityMeter("q", quality))
+    part = e.value.kmr_partial  # type: ignore[attr-defined]
+    assert part.model == 40 and [(r.t, r.value) for r in part.trace] == [(0, 40)]

@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 
 from kmr_ref.core.budgeted import attach_partial, budgeted_kmr
 from kmr_ref.core.errors import BudgetError
-from kmr_ref.core.exact import to_exact
+from kmr_ref.core.exact import Exact, to_exact
 from kmr_ref.core.meters import CostMeter, QualityMeter, as_cost_meter, as_quality_meter
 from kmr_ref.core.policy import Policy
 from kmr_ref.core.rules import KMRTriple, Rule
@@ -57,46 +57,76 @@ def composed_kmr(
     B = to_exact(budget, clause="KMR.alg1.validate", error=BudgetError, what="budget B")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")
-    m_cur, c0 = model, cost(model)  # KMR.alg10.init
+    c0 = cost(model)  # KMR.alg10.init
     q0 = quality(model) if quality is not None else None
-    c_cur, q_cur, used = c0, q0, 0
-    trace: list[StepRecord] = []
-    owners: list[str] = []
+    acc = _Acc(model, c0, q0, 0, (), ())  # replaced by one store: an interrupt never splits it
     outcomes: list[PhaseOutcome] = []
-    status = Status.FEASIBLE if c_cur <= B else Status.POLICY_STOP
-    for ph in phases:  # KMR.alg10.phases
-        if c_cur <= B or used >= max_steps:  # KMR.alg10.skip
+    status = Status.FEASIBLE if c0 <= B else Status.POLICY_STOP
+    for i, ph in enumerate(phases):  # KMR.alg10.phases
+        if acc.cost <= B or acc.used >= max_steps:  # KMR.alg10.skip
             break
         tri = KMRTriple(ph.name, ph.rule, cost, quality)  # KMR.alg10.shared-cost
+        res: KMRResult[M] | None = None
+        merged = noted = False
         try:
-            res = budgeted_kmr(m_cur, tri, ph.policy, B, max_steps - used,  # KMR.alg10.phase-run
-                               on_record=_tagged(on_record, ph.name, used))
-        except KeyboardInterrupt:  # KMR.alg1.interrupt while the phase measures its start model:
-            outcomes.append(PhaseOutcome(ph.name, Status.INTERRUPTED, 0))  # = at its loop head
-            status = Status.INTERRUPTED
+            res = budgeted_kmr(acc.model, tri, ph.policy, B, max_steps - acc.used,  # KMR.alg10.phase-run
+                               on_record=_tagged(on_record, ph.name, acc.used))
+            acc = acc.merged(ph.name, res)  # KMR.alg10.phase-trace
+            merged = True
+            outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))
+            noted = True
+            status = res.status  # KMR.alg10.phase-break: stalled / policy-stop end this phase only
+        except KeyboardInterrupt:  # KMR.alg1.interrupt outside the phase's own loop
+            if res is None:  # while the phase measured its start model: as at its loop head
+                outcomes.append(PhaseOutcome(ph.name, Status.INTERRUPTED, 0))
+                status = Status.INTERRUPTED
+                break
+            # after the phase ended: keep it whole; the next phase that would run is interrupted
+            # at its loop head (none would: the pipeline is simply over)
+            if not merged:
+                acc = acc.merged(ph.name, res)
+            if not noted:
+                outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))
+            status = res.status
+            if i + 1 < len(phases) and acc.cost > B and acc.used < max_steps and res.status is not Status.INTERRUPTED:
+                outcomes.append(PhaseOutcome(phases[i + 1].name, Status.INTERRUPTED, 0))
+                status = Status.INTERRUPTED
             break
         except Exception as e:  # KMR.alg1.error for the whole pipeline
             part = getattr(e, "kmr_partial", None)
             if isinstance(part, KMRResult):
-                steps = trace + [replace(r, t=r.t + used) for r in part.trace]
-                attach_partial(e, KMRResult(part.model, Status.INTERRUPTED, tuple(steps), B, c0,
+                steps = acc.trace + tuple(replace(r, t=r.t + acc.used) for r in part.trace)
+                attach_partial(e, KMRResult(part.model, Status.INTERRUPTED, steps, B, c0,
                                             part.cost_final, q0, part.quality_final))
+            else:  # raised before the phase's loop (its first measurement): the pipeline so far
+                attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0,
+                                            acc.cost, q0, acc.quality))
             raise
-        for r in res.trace:  # KMR.alg10.phase-trace
-            trace.append(replace(r, t=r.t + used))
-            owners.append(ph.name)
-        used += res.accepted_steps
-        m_cur, c_cur, q_cur = res.model, res.cost_final, res.quality_final
-        outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))
-        status = res.status  # KMR.alg10.phase-break: stalled / policy-stop end this phase only
         if status is Status.INTERRUPTED:
             break
-    if c_cur <= B:  # KMR.alg10.status
+    if acc.cost <= B:  # KMR.alg10.status
         status = Status.FEASIBLE
-    elif used >= max_steps and status is not Status.INTERRUPTED:
+    elif acc.used >= max_steps and status is not Status.INTERRUPTED:
         status = Status.STEP_LIMIT
-    result = KMRResult(m_cur, status, tuple(trace), B, c0, c_cur, q0, q_cur)
-    return ComposedResult(result, tuple(outcomes), tuple(owners))  # KMR.alg10.return
+    result = KMRResult(acc.model, status, acc.trace, B, c0, acc.cost, q0, acc.quality)
+    return ComposedResult(result, tuple(outcomes), acc.owners)  # KMR.alg10.return
+
+
+@dataclass(frozen=True)
+class _Acc(Generic[M]):
+    """The pipeline so far: last accepted model, its cost and quality, steps used, trace, owners."""
+
+    model: M
+    cost: Exact
+    quality: float | None
+    used: int
+    trace: tuple[StepRecord, ...]
+    owners: tuple[str, ...]
+
+    def merged(self, name: str, res: KMRResult[M]) -> _Acc[M]:
+        return _Acc(res.model, res.cost_final, res.quality_final, self.used + res.accepted_steps,
+                    self.trace + tuple(replace(r, t=r.t + self.used) for r in res.trace),
+                    self.owners + (name,) * len(res.trace))
 
 
 def _tagged(cb: Callable[[str, StepRecord], None] | None, name: str,
