@@ -316,7 +316,10 @@ def test_outcomes_skip_and_not_supported() -> None:
     from kmr_ref.conformance.prune_runner import make_runner
     assert run_vector("prune-magnitude", v, runners={"prune-magnitude": make_runner(Unsupported())}).outcome == \
         "not-supported"
-    assert run_vector("prune-magnitude", v, runners={"prune-magnitude": make_runner(Skipping())}).outcome == "skip"
+    # SkipVector is allowed on error vectors only; on any other vector it is a failure
+    assert run_vector("prune-magnitude", v, runners={"prune-magnitude": make_runner(Skipping())}).outcome == "fail"
+    err = next(x for x in load_vectors(PRUNE) if "error" in x["expected"])
+    assert run_vector("prune-magnitude", err, runners={"prune-magnitude": make_runner(Skipping())}).outcome == "skip"
     alg1 = load_vectors(VDIR / "alg1.json")
     assert run_vector("alg1", alg1.vectors[0], impl="kernels").outcome == "not-supported"
     assert "alg1" not in IMPLEMENTATIONS["kernels"]
@@ -379,6 +382,24 @@ def test_third_party_adapter_report_passes() -> None:
     assert files["pruning.json"]["pass"] == files["pruning.json"]["vectors"]
     assert files["alg1.json"]["not-supported"] == files["alg1.json"]["vectors"]
     assert rep["clauses"]["KMR.prune.tie-break"]["status"] == "pass"
+
+
+class DecliningPrune:
+    """Implements nothing: every vector is not-supported."""
+
+    checks_input = True
+
+    def prune(self, *a: Any, **k: Any) -> PruneOutput:
+        raise NotSupported("nothing here")
+
+
+def test_report_not_ok_without_a_single_pass() -> None:
+    """An adapter that declines everything conforms to nothing: the report is not ok (exit 1)."""
+    adapter = "prune-magnitude=tests.test_method_vectors:DecliningPrune"
+    proc = _run("-m", "kmr_ref.conformance", "--json", "--adapter", adapter, str(PRUNE.relative_to(ROOT)))
+    assert proc.returncode == 1, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["ok"] is False and rep["failures"] == [] and rep["totals"]["pass"] == 0
 
 
 def test_report_fails_a_wrong_implementation() -> None:

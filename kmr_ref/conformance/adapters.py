@@ -10,7 +10,9 @@ whose ``clause`` attribute is that clause ID (``kmr_ref``'s ``KMRError`` has one
 library wraps its own error in :class:`RuleError`). Any other exception is a failure.
 
 Outcomes other than pass/fail: raise :class:`NotSupported` (the feature is not implemented: the
-vector reports ``not-supported``) or :class:`SkipVector` (this vector does not apply: ``skip``).
+vector reports ``not-supported``) or :class:`SkipVector` (this vector does not apply: ``skip``;
+allowed on error vectors only — raised on any other vector it counts as a failure). A report is
+``ok`` only when nothing failed and at least one vector passed.
 An adapter whose ``checks_input`` attribute is False (e.g. a bare kernel that assumes validated
 input) is not called on error vectors: they report ``skip``.
 
