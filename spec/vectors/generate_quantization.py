@@ -162,7 +162,7 @@ def vectors() -> list[Json]:
     # --- bit widths and schemes ------------------------------------------------------------------
     for b in (2, 4, 8, 16):
         for scheme in ("symmetric", "asymmetric"):
-            v.append(vec(f"quant-{scheme[:3] if scheme == 'symmetric' else scheme[:4]}-b{b}", ["KMR.quant.groups"],
+            v.append(vec(f"quant-{scheme[:3] if scheme == 'symmetric' else scheme[:4]}-b{b}", [],
                          f"{scheme}, b = {b}: three groups of six pseudo-random weights in [-2, 2).",
                          basic, b, scheme))
     v.append(vec("quant-asym-positive-only", [],
@@ -204,7 +204,7 @@ def vectors() -> list[Json]:
     v.append(vec("quant-magnitude-limit-ok-sym", ["KMR.quant.magnitude"],
                  "Symmetric b = 2 at |w| = 2^126: s = 2^126, inv = 2^-126 (normal).",
                  [["7e800000", "fe800000", "7e000000", "7d800000"]], 2, "symmetric"))
-    v.append(vec("quant-single-entry-groups", ["KMR.quant.groups"],
+    v.append(vec("quant-single-entry-groups", [],
                  "L = 1: every group is one weight; symmetric codes are +/-qmax or 0.",
                  [[1.5], [-0.375], [0.0]], 4, "symmetric"))
     # --- ties and clamping -----------------------------------------------------------------------
