@@ -721,7 +721,7 @@ def _no_unknown(d: Mapping[str, Any], known: Sequence[str], where: str) -> None:
 
 
 def _one_of(key: str, v: object, allowed: Sequence[object], where: str) -> None:
-    if isinstance(v, bool) or v not in allowed:
+    if isinstance(v, bool) or not any(type(v) is type(a) and v == a for a in allowed):  # 2.0 is not 2
         raise ConfigError(METHODS, f"{where}: {key} must be one of {list(allowed)}, got {v!r}")
 
 

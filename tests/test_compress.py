@@ -385,6 +385,11 @@ def interrupting_quality(model):
     return 0.0
 def example():
     return torch.ones(2, 6)
+def failing_quality(model):
+    CALLS[0] += 1
+    if CALLS[0] == 3:
+        raise RuntimeError("evaluation crashed")
+    return 0.0
 '''
 
 TOML = '''
@@ -563,6 +568,15 @@ def test_cli_interrupt_exit_code(tmp_path: Path, factory: str) -> None:
     rc, _, _ = run_cli(["compress", str(toml)])
     assert rc == 130
     assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "interrupted"
+
+
+def test_cli_user_code_error_exit_code(tmp_path: Path, factory: str) -> None:
+    """KMR.compress.exit-code: an exception from the user's quality function exits 3 (not 1, which
+    means "ended above the budget"), with the error on stderr; the streamed trace is kept."""
+    toml = write_toml(tmp_path, factory, **{":quality": ":failing_quality"})
+    rc, out, err = run_cli(["compress", str(toml)])
+    assert rc == 3 and "RuntimeError: evaluation crashed" in err and out == ""
+    assert (tmp_path / "out" / "trace.jsonl").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -116,3 +116,19 @@ def test_structured_refuses_activation_subclass() -> None:
     assert e.value.clause == "KMR.structured.unsupported-graph"
     ok = StructuredPruning().apply(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), "fraction", 0.5)
     assert ok[0].weight.shape == (2, 4)
+
+
+def test_flush_denormal_refused() -> None:
+    """KMR.rule.subnormals: with flush-to-zero on, the rules refuse to run (their bit-exact
+    tie-breaks and rounding need subnormals); off again, they run."""
+    m = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    try:
+        for _, rule in RULES:
+            with pytest.raises(RuleInputError) as e:
+                rule(m)
+            assert e.value.clause == "KMR.rule.subnormals"
+    finally:
+        torch.set_flush_denormal(False)
+    MagnitudePruning().apply(m, "sparsity", 0.5)

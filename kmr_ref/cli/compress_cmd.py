@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     except KMRError as e:  # KMR.compress.exit-code: 2, the message names the clause
         print(f"kmr compress: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # KMR.compress.exit-code: 3, the user's code (factory, quality, input) failed
+        kept = " (trace.jsonl keeps every step streamed before it)" if args.out is not None else ""
+        print(f"kmr compress: the run failed in user code: {type(e).__name__}: {e}{kept}", file=sys.stderr)
+        return 3
     if args.json:
         print(json.dumps(rep.to_json(), indent=1))
     else:

@@ -23,6 +23,11 @@ def check_supported(model: nn.Module) -> None:
     modules pruned by ``torch.nn.utils.prune`` (``<name>_orig`` + ``<name>_mask``) or old-style
     ``weight_norm`` (``<name>_g`` + ``<name>_v`` recomputed by a hook), and lazy modules whose
     parameters are not yet initialized."""
+    # KMR.rule.subnormals: with flush-to-zero on, |w| and fp32 products lose subnormals and results
+    # would differ from the spec's bit-exact ones
+    if float(torch.tensor(1e-310, dtype=torch.float64).abs()) == 0.0:
+        raise RuleInputError("KMR.rule.subnormals", "torch.set_flush_denormal(True) is on; the rules need "
+                                                    "subnormals kept (call torch.set_flush_denormal(False))")
     for name, mod in model.named_modules():
         where = name or "<root>"
         if "parametrizations" in mod._modules:
