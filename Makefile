@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@if python3 -c "import torch" 2>/dev/null; then \
 	  echo "using the torch of $$(command -v python3)"; python3 -m venv --system-site-packages $(VENV); \
 	else python3 -m venv $(VENV) && $(PY) -m pip install -q "torch==2.13.0"; fi
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,models]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
