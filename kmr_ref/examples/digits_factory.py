@@ -1,7 +1,8 @@
 """Factory, quality and example input for ``compress_digits.toml`` (``kmr compress``).
 
-The digits CNN of :mod:`kmr_ref.examples.digits`, trained once per process (seeded, ~2 s on a
-CPU) and cached, so that the quality function, called at every step, never retrains.
+The digits CNN of :mod:`kmr_ref.examples.digits` with its shipped weights
+(:func:`~kmr_ref.examples.digits.pretrained`: the same bytes on every machine, where training
+itself is not bit-reproducible across CPU models), loaded once per process and cached.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from torch import nn
 from kmr_ref.examples import digits
 
 SEED = 0
-EPOCHS = 30
 
 
 @functools.cache
@@ -25,12 +25,11 @@ def _data() -> digits.Digits:
 
 @functools.cache
 def _trained() -> nn.Sequential:
-    torch.use_deterministic_algorithms(True)
-    return digits.train(_data(), epochs=EPOCHS, seed=SEED)
+    return digits.pretrained()
 
 
 def trained_cnn() -> nn.Module:
-    """The trained CNN (a fresh copy of the per-process cached one)."""
+    """The trained CNN, shipped weights (a fresh copy of the per-process cached one)."""
     return copy.deepcopy(_trained())
 
 
