@@ -204,8 +204,35 @@ def vec(vid: str, clauses: list[str], description: str, *, costs: list[Json] | N
            "transitions": transitions, "cost": cost, "quality": quality,
            "policy": policy if policy is not None else sched(*range(1, 10)),
            "budget": budget, "max_steps": max_steps}
-    return {"id": vid, "clauses": sorted(set(clauses)), "description": description, "input": inp,
-            "expected": interpret(inp), "tolerance": None}
+    exp = interpret(inp)
+    primary = PRIMARY[vid] if vid in PRIMARY else next(c for k, c in PRIMARY.items() if vid.startswith(k + "-"))
+    feats = sorted({"greedy-policy" if inp["policy"]["type"] == "greedy" else "scheduled-policy"}
+                   | ({"input-checks"} if "error" in exp else set()))
+    return {"id": vid, "primary": primary, "clauses": sorted({primary, *clauses}), "features": feats,
+            "description": description, "input": inp, "expected": exp, "tolerance": None}
+
+
+# The clause each vector is built to test (the report blames only it); a key may be an id prefix.
+PRIMARY = {
+    "alg1-feasible-at-once": "KMR.alg1.loop-guard", "alg1-feasible-after-steps": "KMR.alg1.feasible",
+    "alg1-feasible-exactly-at-budget": "KMR.budget.def", "alg1-feasible-n0": "KMR.alg1.feasible",
+    "alg1-stalled-equal-cost": "KMR.alg1.strict-progress", "alg1-stalled-cost-increase": "KMR.alg1.early-break",
+    "alg1-stalled-missing-transition": "KMR.alg1.early-break", "alg1-stalled-just-above-budget": "KMR.alg1.strict-progress",
+    "alg1-stalled-negative-budget": "KMR.budget.def", "alg1-step-limit": "KMR.alg1.step-limit",
+    "alg1-step-limit-n0": "KMR.alg1.step-limit", "alg1-policy-stop-empty-schedule": "KMR.alg1.policy-stop",
+    "alg1-policy-stop-exhausted": "KMR.policy.scheduled", "alg1-rational-costs": "KMR.meter.cost-exact",
+    "alg1-rational-costs-tiny-gap": "KMR.meter.cost-exact", "alg1-float-budget-binary64": "KMR.exact.binary64",
+    "alg1-float-budget-not-below": "KMR.exact.binary64", "alg1-real-knob-values": "KMR.knob.domain-real",
+    "alg1-int-knob-float-spelling": "KMR.knob.domain-int", "alg1-finite-knob": "KMR.knob.domain-finite",
+    "alg1-error-unknown-knob": "KMR.knob.unknown", "alg1-error-int-out-of-range": "KMR.knob.domain-int",
+    "alg1-error-int-not-integer": "KMR.knob.domain-int", "alg1-error-bool-value": "KMR.knob.domain",
+    "alg1-error-real-out-of-range": "KMR.knob.domain-real", "alg1-error-finite-non-member": "KMR.knob.domain-finite",
+    "alg1-error-budget": "KMR.alg1.validate", "alg1-error-n": "KMR.alg1.validate",
+    "alg1-greedy-no-quality-largest-decrease": "KMR.policy.greedy-ties", "alg1-greedy-score-beats-decrease": "KMR.policy.greedy",
+    "alg1-greedy-score-tie-larger-decrease": "KMR.policy.greedy-ties", "alg1-greedy-full-tie-earliest": "KMR.policy.greedy-ties",
+    "alg1-greedy-binary64-score": "KMR.policy.greedy", "alg1-greedy-negative-scores": "KMR.policy.greedy",
+    "alg1-greedy-policy-stop": "KMR.policy.stop",
+}
 
 
 P1 = ["KMR.prop1.monotone", "KMR.prop1.termination", "KMR.prop1.status-truthful",

@@ -132,14 +132,47 @@ ALGQ = ["KMR.quant.range", "KMR.quant.scale", "KMR.quant.scale-floor", "KMR.quan
         "KMR.rule.deterministic", "KMR.rule.no-mutation"]
 
 
-def vec(vid: str, clauses: list[str], description: str, w: list[list[float | str]], bits: Json,
+def features_of(inp: Json, exp: Json) -> list[str]:
+    """test262-style tags: an implementation that lacks one declares it and gets not-supported."""
+    f = {inp["scheme"]}
+    if "error" in exp:
+        f.add("input-checks")
+    if any(int(b, 16) & 0x7F800000 == 0 and int(b, 16) & 0x007FFFFF for r in inp["w"] for b in r):
+        f.add("subnormals")
+    return sorted(f)
+
+
+def vec(vid: str, primary: str, clauses: list[str], description: str, w: list[list[float | str]], bits: Json,
         scheme: str) -> Json:
+    """One vector; ``primary`` is the clause it is built to test (the report blames only it)."""
     inp = {"w": [[bits_of(x) for x in r] for r in w], "bits": bits, "scheme": scheme}
     exp = run_oracle(inp)
     extra = ["KMR.error.names-clause", "KMR.rule.no-mutation"] if "error" in exp else ALGQ
     clauses = [*extra, *clauses]
-    return {"id": vid, "clauses": sorted(set(clauses)), "description": description, "input": inp,
-            "expected": exp, "tolerance": None}
+    return {"id": vid, "primary": primary, "clauses": sorted({primary, *clauses}), "features": features_of(inp, exp),
+            "description": description, "input": inp, "expected": exp, "tolerance": None}
+
+
+def one_rounding_scale(lo: np.float32, hi: np.float32, qmax: int) -> np.float32:
+    """A plausible deviation: ``(hi - lo) / qmax`` in binary64, rounded to binary32 once."""
+    return np.float32((np.float64(hi) - np.float64(lo)) / np.float64(qmax))
+
+
+def two_roundings_row(b: int) -> list[float | str]:
+    """The first LCG row (deterministic search) whose asymmetric scale at b bits differs between
+    Algorithm Q's two binary32 roundings, fp32(fp32(hi - lo) / qmax), and one rounding."""
+    qmax = 2**b - 1
+    for seed in range(1, 100000):
+        x = seed
+        row: list[float | str] = []
+        for scale in (2.0, -2.0**-9, 1.0, -2.0**-14):  # mixed exponents: hi - lo is inexact in binary32
+            x = (1664525 * x + 1013904223) % 2**32
+            row.append((0.5 + (x >> 9) / 2**24) * scale)  # [0.5, 1) * scale, 24 significant bits
+        ws = [F32(r) for r in row]
+        lo, hi = min(min(ws), F32(0.0)), max(max(ws), F32(0.0))
+        if (hi - lo) / F32(qmax) != one_rounding_scale(lo, hi, qmax):
+            return row
+    raise AssertionError(f"no row found for b = {b}")
 
 
 def lcg_rows(seed: int, g: int, n: int, scale: float) -> list[list[float | str]]:
@@ -162,62 +195,62 @@ def vectors() -> list[Json]:
     # --- bit widths and schemes ------------------------------------------------------------------
     for b in (2, 4, 8, 16):
         for scheme in ("symmetric", "asymmetric"):
-            v.append(vec(f"quant-{scheme[:3] if scheme == 'symmetric' else scheme[:4]}-b{b}", [],
+            v.append(vec(f"quant-{scheme[:3] if scheme == 'symmetric' else scheme[:4]}-b{b}", "KMR.quant.rounding", [],
                          f"{scheme}, b = {b}: three groups of six pseudo-random weights in [-2, 2).",
                          basic, b, scheme))
-    v.append(vec("quant-asym-positive-only", [],
+    v.append(vec("quant-asym-positive-only", "KMR.quant.zero-point", [],
                  "Asymmetric, a group with no negative weight: lo = 0, so zp = 0 and 0 maps to code 0.",
                  [[0.5, 1.0, 2.0, 0.25], [3.0, 0.0, 1.5, 6.0]], 8, "asymmetric"))
-    v.append(vec("quant-negative-only", [],
+    v.append(vec("quant-negative-only", "KMR.quant.zero-point", [],
                  "Asymmetric, groups with no positive weight: hi = 0, so zp = qmax and 0 maps to code qmax.",
                  [[-0.5, -1.0, -2.0, -0.25], [-3.0, -0.0, -1.5, -6.0]], 4, "asymmetric"))
     # --- zero, constant, tiny groups -------------------------------------------------------------
-    v.append(vec("quant-all-zero-groups-sym", [],
+    v.append(vec("quant-all-zero-groups-sym", "KMR.quant.scale-floor", [],
                  "All-zero groups (+0, -0 mixed) get the floor s = 2^-23 (34000000), codes = zp = 0 and "
                  "dequantized +0.0; a normal group beside them is unaffected.",
                  [[0.0, -0.0, 0.0, -0.0], [-0.0, -0.0, -0.0, -0.0], [1.0, -0.5, 0.25, 0.0]], 8, "symmetric"))
-    v.append(vec("quant-all-zero-groups-asym", [],
+    v.append(vec("quant-all-zero-groups-asym", "KMR.quant.scale-floor", [],
                  "Asymmetric all-zero groups: s = 2^-23, zp = 0, every code 0, dequantized +0.0.",
                  [[0.0, -0.0, 0.0, -0.0], [-0.0, -0.0, -0.0, -0.0]], 4, "asymmetric"))
-    v.append(vec("quant-constant-groups-sym", [],
+    v.append(vec("quant-constant-groups-sym", "KMR.quant.scale", [],
                  "Constant groups c, -c and a non-representable constant (0.1): codes +/-qmax after the "
                  "scale's rounding; the dequantized value need not equal c.",
                  [[0.75, 0.75, 0.75], [-3.0, -3.0, -3.0], ["3dcccccd", "3dcccccd", "3dcccccd"]], 8, "symmetric"))
-    v.append(vec("quant-constant-groups-asym", [],
+    v.append(vec("quant-constant-groups-asym", "KMR.quant.scale", [],
                  "Asymmetric constant groups: lo = 0 (positive c: zp = 0) or hi = 0 (negative c).",
                  [[0.75, 0.75, 0.75], [-3.0, -3.0, -3.0], ["3dcccccd", "3dcccccd", "3dcccccd"]], 8, "asymmetric"))
-    v.append(vec("quant-denormals", [],
+    v.append(vec("quant-denormals", "KMR.quant.scale-floor", [],
                  "A group of denormals only (00000001, 807fffff, 00400000) gets the floor s = 2^-23 and "
                  "codes 0; denormals beside normals round to code 0 (zp) and dequantize to +0.0, the "
                  "negative ones too (rne gives -0, the integer code is 0).",
                  [["00000001", "807fffff", "00400000"], [1.0, "00400000", "80000001"]], 8, "symmetric"))
-    v.append(vec("quant-denormals-asym", [],
+    v.append(vec("quant-denormals-asym", "KMR.quant.scale-floor", [],
                  "Asymmetric, denormal groups: the floor scale, zp from rne(lo * inv) = -0 -> 0.",
                  [["00000001", "807fffff", "00400000"], [1.0, "00400000", "80000001"]], 8, "asymmetric"))
-    v.append(vec("quant-scale-floor-tiny-normals", [],
+    v.append(vec("quant-scale-floor-tiny-normals", "KMR.quant.scale-floor", [],
                  "Normal weights so small that max|w| / 127 < 2^-23: the scale is floored to 2^-23 and "
                  "the codes are rne(w * 2^23).",
                  [[2.0**-20, -3 * 2.0**-23, 5 * 2.0**-25, -0.0, 3 * 2.0**-24]], 8, "symmetric"))
-    v.append(vec("quant-magnitude-limit-ok", ["KMR.quant.magnitude"],
+    v.append(vec("quant-magnitude-limit-ok", "KMR.quant.magnitude", ["KMR.quant.magnitude"],
                  "|w| = 2^126 exactly is admissible (7e800000 / fe800000): hi - lo = 2^127 stays finite.",
                  [["7e800000", "fe800000", 1.0, "7e000000"]], 8, "asymmetric"))
-    v.append(vec("quant-magnitude-limit-ok-sym", ["KMR.quant.magnitude"],
+    v.append(vec("quant-magnitude-limit-ok-sym", "KMR.quant.magnitude", ["KMR.quant.magnitude"],
                  "Symmetric b = 2 at |w| = 2^126: s = 2^126, inv = 2^-126 (normal).",
                  [["7e800000", "fe800000", "7e000000", "7d800000"]], 2, "symmetric"))
-    v.append(vec("quant-single-entry-groups", [],
+    v.append(vec("quant-single-entry-groups", "KMR.quant.range", [],
                  "L = 1: every group is one weight; symmetric codes are +/-qmax or 0.",
                  [[1.5], [-0.375], [0.0]], 4, "symmetric"))
     # --- ties and clamping -----------------------------------------------------------------------
-    v.append(vec("quant-ties-half-even-sym", [],
+    v.append(vec("quant-ties-half-even-sym", "KMR.quant.rounding", [],
                  "Symmetric b = 4, hi = 7: s = 1 and inv = 1 exactly, so w * inv = k + 1/2 exactly: ties go "
                  "to the even integer (0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0, -1.5 -> -2, -2.5 -> -2, "
                  "3.5 -> 4, 6.5 -> 6).",
                  [[7.0, 0.5, 1.5, 2.5, 3.5, 6.5, -0.5, -1.5, -2.5]], 4, "symmetric"))
-    v.append(vec("quant-ties-half-even-asym", [],
+    v.append(vec("quant-ties-half-even-asym", "KMR.quant.rounding", [],
                  "Asymmetric b = 4, lo = -5.5, hi = 9.5: s = 1; zp = 0 - rne(-5.5) = 6 (tie to -6); "
                  "0.5 -> 6, 1.5 -> 8, -2.5 -> 4; 9.5 -> rne 10 + 6 = 16, clamped to 15.",
                  [[-5.5, 9.5, 0.5, 1.5, -2.5, 2.5, -0.5]], 4, "asymmetric"))
-    v.append(vec("quant-clamp-asym-b2", [],
+    v.append(vec("quant-clamp-asym-b2", "KMR.quant.clamp", [],
                  "The spec's clamp example: asymmetric b = 2, lo * inv = -1.5, hi * inv = 1.5: zp = 2, "
                  "hi -> r + zp = 4, clamped to 3; lo -> -2 + 2 = 0.",
                  [[-1.5, 1.5, 0.5, -0.5, 0.0]], 2, "asymmetric"))
@@ -225,7 +258,7 @@ def vectors() -> list[Json]:
     hi, w = "3fef3fc3", "3fc2fa83"
     s = F32(f32(hi) / F32(127))
     assert rne(f32(w) * (F32(1.0) / s)) == 104 and rne(f32(w) / s) == 103, "the spec's documented case moved"
-    v.append(vec("quant-product-not-quotient-sym", [],
+    v.append(vec("quant-product-not-quotient-sym", "KMR.quant.rounding", [],
                  "The spec's documented case (KMR.quant.rounding): symmetric b = 8, group [hi, w] = "
                  "[3fef3fc3, 3fc2fa83]: rne(fp32(w * fp32(1/s))) = 104 whereas rne(fp32(w / s)) = 103; "
                  "the code is 104.",
@@ -233,25 +266,34 @@ def vectors() -> list[Json]:
     lo, hi, w = "bf8d3879", "3fca81f8", "3e897dc6"
     s = F32((f32(hi) - f32(lo)) / F32(15))
     assert rne(f32(w) * (F32(1.0) / s)) == 2 and rne(f32(w) / s) == 1
-    v.append(vec("quant-product-not-quotient-asym", [],
+    v.append(vec("quant-product-not-quotient-asym", "KMR.quant.rounding", [],
                  "Asymmetric b = 4, group [bf8d3879, 3fca81f8, 3e897dc6]: for the last weight "
                  "rne(fp32(w * fp32(1/s))) = 2 whereas rne(fp32(w / s)) = 1; the code is 2 + zp.",
                  [[lo, hi, w]], 4, "asymmetric"))
+    # --- the asymmetric scale is two binary32 roundings, at every bit width ---------------------
+    for b in range(2, 17):
+        row = two_roundings_row(b)
+        ws = [F32(r) for r in row]
+        lo, hi = min(min(ws), F32(0.0)), max(max(ws), F32(0.0))
+        v.append(vec(f"quant-asym-scale-two-roundings-b{b}", "KMR.quant.scale", [],
+                     f"Asymmetric b = {b}: s = fp32(fp32(hi - lo) / {2**b - 1}) = {hex_of((hi - lo) / F32(2**b - 1))}; "
+                     f"rounding (hi - lo) / qmax once gives {hex_of(one_rounding_scale(lo, hi, 2**b - 1))}.",
+                     [row], b, "asymmetric"))
     # --- errors ----------------------------------------------------------------------------------
     ok_w: list[list[float | str]] = [[1.0, -0.5]]
     kd = ["KMR.quant.bits", "KMR.knob.domain"]
     bad = ["KMR.quant.nonfinite", "KMR.rule.domain-error"]
-    v.append(vec("quant-error-bits-1", kd, "b = 1 is outside 2..16: KnobDomainError.", ok_w, 1, "symmetric"))
-    v.append(vec("quant-error-bits-17", kd, "b = 17 is outside 2..16: KnobDomainError.", ok_w, 17, "asymmetric"))
-    v.append(vec("quant-error-nan", bad, "A NaN weight: RuleInputError.", [[1.0, "7fc00000"]], 8, "symmetric"))
-    v.append(vec("quant-error-inf", bad, "-inf in the second group: RuleInputError.",
+    v.append(vec("quant-error-bits-1", "KMR.quant.bits", kd, "b = 1 is outside 2..16: KnobDomainError.", ok_w, 1, "symmetric"))
+    v.append(vec("quant-error-bits-17", "KMR.quant.bits", kd, "b = 17 is outside 2..16: KnobDomainError.", ok_w, 17, "asymmetric"))
+    v.append(vec("quant-error-nan", "KMR.quant.nonfinite", bad, "A NaN weight: RuleInputError.", [[1.0, "7fc00000"]], 8, "symmetric"))
+    v.append(vec("quant-error-inf", "KMR.quant.nonfinite", bad, "-inf in the second group: RuleInputError.",
                  [[1.0, 2.0], ["ff800000", 0.0]], 8, "asymmetric"))
-    v.append(vec("quant-error-magnitude", ["KMR.quant.magnitude", "KMR.rule.domain-error"],
+    v.append(vec("quant-error-magnitude", "KMR.quant.magnitude", ["KMR.quant.magnitude", "KMR.rule.domain-error"],
                  "|w| = 2^127 > 2^126: RuleInputError.", [[1.0, "7f000000"]], 8, "symmetric"))
-    v.append(vec("quant-error-magnitude-next-up", ["KMR.quant.magnitude", "KMR.rule.domain-error"],
+    v.append(vec("quant-error-magnitude-next-up", "KMR.quant.magnitude", ["KMR.quant.magnitude", "KMR.rule.domain-error"],
                  "|w| = the binary32 just above 2^126 (fe800001): RuleInputError.", [["fe800001", 1.0]], 4,
                  "asymmetric"))
-    v.append(vec("quant-error-empty-group", ["KMR.quant.empty", "KMR.rule.domain-error"],
+    v.append(vec("quant-error-empty-group", "KMR.quant.empty", ["KMR.quant.empty", "KMR.rule.domain-error"],
                  "A weight with zero entries (one group of length 0): RuleInputError.", [[]], 8, "symmetric"))
     ids = [x["id"] for x in v]
     assert len(ids) == len(set(ids)), "duplicate vector id"
