@@ -64,30 +64,72 @@ def tensor_lists(draw: st.DrawFn, mixed: bool = True) -> list[torch.Tensor]:
     return out
 
 
-def _check_prune(ts: list[torch.Tensor], k: int, chunk: int | None) -> None:
+def _check_prune(ts: list[torch.Tensor], k: int, chunk: int | None, bucket_limit: int | None = None,
+                 workers: int | None = None) -> None:
     before = [_bits(t) for t in ts]
     want = ref_prune.magnitude_masks(ts, k)
-    got = magnitude_masks(ts, k, chunk=chunk)
+    kw = {"chunk": chunk, "bucket_limit": bucket_limit, "workers": workers}
+    got = magnitude_masks(ts, k, **kw)
     for w, g in zip(want, got, strict=True):
         assert g.shape == w.shape and torch.equal(g, w)  # KMR.prune.tie-break, KMR.prune.count
-    outs = prune_global(ts, k, chunk=chunk)
+    outs = prune_global(ts, k, **kw)
     for t, o, keep in zip(ts, outs, want, strict=True):
         assert o.shape == t.shape and o.dtype == t.dtype
         assert _bits(o) == _bits(ref_prune.apply_mask(t, keep))  # KMR.prune.zero-value: +0.0, other bits kept
         assert (o is t) == bool(keep.all())  # untouched tensors are shared, the others are new
     assert [_bits(t) for t in ts] == before  # KMR.rule.no-mutation: the inputs are untouched
     inplace = [t.contiguous().clone() for t in ts]
-    hit = prune_global_(inplace, k, chunk=chunk)
+    hit = prune_global_(inplace, k, **kw)
     for t, o, keep, h in zip(inplace, outs, want, hit, strict=True):
         assert _bits(t) == _bits(o) and h == (not bool(keep.all()))
 
 
-@given(tensor_lists(), st.floats(0, 1), st.sampled_from([1, 2, 3, 5, 64, None]))
-def test_prune_kernel_equals_reference(ts: list[torch.Tensor], frac: float, chunk: int | None) -> None:
+@given(tensor_lists(), st.floats(0, 1), st.sampled_from([1, 2, 3, 5, 64, None]),
+       st.sampled_from([None, 0, 1, 3]), st.sampled_from([None, 1, 2, 3]))
+def test_prune_kernel_equals_reference(ts: list[torch.Tensor], frac: float, chunk: int | None,
+                                       bucket_limit: int | None, workers: int | None) -> None:
     """KMR.prune.tie-break, KMR.prune.count, KMR.prune.zero-value, KMR.prune.global: any mix of float
-    dtypes (compared exactly across dtypes), any k in [0, n], any chunk size."""
+    dtypes (compared exactly across dtypes), any k in [0, n], any chunk size, any number of worker
+    threads; ``bucket_limit`` 0..3 forces the radix fallback whenever the boundary bucket is not
+    wholly pruned, None takes the collected-bucket path."""
     n = sum(t.numel() for t in ts)
-    _check_prune(ts, int(frac * n), chunk)
+    _check_prune(ts, int(frac * n), chunk, bucket_limit, workers)
+
+
+@given(st.integers(1, 5), st.integers(1, 30), st.data())
+def test_prune_bucket_ties_across_tensors(ntensors: int, per: int, data: st.DataObject) -> None:
+    """KMR.prune.tie-break: values that share one top bucket (same high 16 bits, different low
+    bits) and exact ties spread over several tensors and dtypes; the selection inside the bucket
+    orders by (|w|, tensor index, flat index), with the collected bucket and with the fallback."""
+    base = data.draw(st.sampled_from([1.0, 0.25, 3e-39, 1e30]))
+    lows = st.sampled_from([0, 1, 2, 0x7FFF, 0xFFFF])  # low 16 bits of the float32 pattern
+    dts = st.sampled_from([torch.float32, torch.float64])
+    ts = []
+    for _ in range(ntensors):
+        hi = torch.tensor([base], dtype=torch.float32).view(torch.int32) & ~0xFFFF
+        bits = torch.tensor(data.draw(st.lists(lows, min_size=per, max_size=per)), dtype=torch.int32) | hi
+        signs = torch.tensor(data.draw(st.lists(st.booleans(), min_size=per, max_size=per)))
+        v = bits.view(torch.float32)
+        ts.append(torch.where(signs, -v, v).to(data.draw(dts)))
+    n = ntensors * per
+    k = data.draw(st.integers(0, n))
+    for limit in (None, 0):
+        _check_prune(ts, k, data.draw(st.sampled_from([1, 4, None])), limit, data.draw(st.sampled_from([1, 2])))
+
+
+def test_prune_large_bucket_fallback() -> None:
+    """KMR.prune.tie-break, KMR.prune.count: a model that is mostly zeros (one bucket holds more than
+    n/128 entries) takes the radix fallback by default; a Gaussian one collects its bucket."""
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(300_000, generator=g)
+    a[: 200_000] = 0.0
+    a[100_000:150_000] = -0.0
+    b = torch.randn(700, 300, generator=g)
+    b[::3] = 0.0
+    ts = [a, b]
+    zeros = int(sum(int((t == 0).sum()) for t in ts))
+    for k in (1, zeros // 2, zeros, zeros + 1, 400_000):
+        _check_prune(ts, k, None)
 
 
 @given(st.integers(1, 40), st.data())

@@ -1,50 +1,55 @@
-"""Global magnitude pruning by radix select over |w| bit patterns (no concatenated copy, no sort).
+"""Global magnitude pruning near the memory bound: one histogram pass, one write pass.
 
 Equal, bit for bit, to :func:`kmr_ref.methods.pruning.magnitude_masks` / ``apply_mask``
 (``KMR.prune.count``, ``KMR.prune.tie-break``, ``KMR.prune.zero-value``); ``tests/test_kernels.py``
-proves it. How:
+proves it. ``spec/methods/kernels.md`` states the algorithm; in short:
 
-* **Keys.** For a non-negative IEEE float, the order of values is the order of its bit pattern read
-  as a signed integer of the same width. Clearing the sign bit (``bits & 0x7F…F``) gives the key of
-  |w|; ``-0.0`` and ``+0.0`` both get key 0 (they tie, as ``KMR.prune.tie-break`` says). Tensors of
-  different float dtypes are compared in one key space: float16/bfloat16/float32 (and narrower)
-  values convert exactly to float32, and anything converts exactly to float64 (the *key dtype*).
-* **Select.** Passes of ``torch.bincount`` over 15/16-bit digits of the key, from the top, each pass
-  restricted (by a clamp, not a mask) to the entries that share the prefix found so far, give the
-  exact key ``v*`` of the k-th smallest entry and ``below``, the number of entries with key < v*.
-  float32 takes 2 histogram passes, 16-bit floats 1, float64 4. Every pass streams the tensors in
-  chunks through preallocated buffers: working memory is O(chunk), independent of the model size.
-* **Write.** One more pass writes the result: key < v* is pruned; of the entries with key == v*,
-  the first ``q = k - below`` in (tensor index, flat index) order are pruned — tensors and chunks
-  are walked in that order, and only the chunk where the quota runs out needs a cumsum.
+* **Keys.** For a non-negative IEEE float, value order is the order of its bit pattern read as an
+  integer. Clearing the sign bit gives the key of |w| (``-0.0`` and ``+0.0`` both get 0 and tie).
+  Tensors of different float dtypes share one key space: 16-bit floats and float32 convert exactly
+  to float32, anything converts exactly to float64 (the *key dtype*). The *top* of a key is its
+  15 high bits (the high 16-bit word with the sign cleared: one op on a strided int16 view).
+* **Pass 1, histogram.** A 2^15-bin histogram of the tops over every entry gives the boundary
+  bucket b (the bucket holding the k-th smallest), the count ``below`` of entries in lower buckets
+  and the quota ``q = k - below`` of bucket entries to prune.
+* **Pass 2, write.** Entries with top < b are pruned, the others copied bit for bit; the entries of
+  bucket b (a fraction of a percent of a Gaussian model) are collected with their positions, and
+  the first q of them by (key, tensor index, flat index) — a stable sort of the keys, the positions
+  being collected in that order — are pruned afterwards by an indexed fill.
+* **Fallback.** Only when the bucket is large (more than n/128 entries, e.g. a model already mostly
+  zero): radix passes over the lower digits inside the bucket find the exact k-th key, a counting
+  pass gives each chunk its share of the tie quota, and the write pass prunes key < v* plus each
+  chunk's share of the ties (:func:`select_threshold`).
+
+Every pass runs as cache-sized chunks on one worker per core (:mod:`kmr_ref.kernels.parallel`):
+one intra-op thread per op, chunks taken dynamically, so a busy machine slows the kernel no more
+than it slows a copy. Working memory is O(workers x chunk) plus the bucket.
 
 Precondition: finite values (NaN keys order by payload, whereas the reference treats all NaNs as
 equal; the rule refuses NaN and inf before either runs, ``KMR.prune.nonfinite``). ±inf is exact.
-Works on any device the tensors live on (all tensors on one device).
+Works on any device the tensors live on (all tensors on one device; CUDA untested here).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
+from kmr_ref.kernels.parallel import Scratch, chunk_entries, map_chunks, workers_for
 
-__all__ = ["Selection", "default_chunk", "magnitude_masks", "prune_global", "prune_global_", "select_threshold"]
+__all__ = ["Selection", "magnitude_masks", "prune_global", "prune_global_", "select_threshold"]
 
 _INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
            torch.float64: torch.int64}
 _DIGITS = {torch.int16: (15,), torch.int32: (15, 16), torch.int64: (15, 16, 16, 16)}
+_TOP_BINS = 1 << 15  # the first radix digit: the high 16-bit word of the key, sign cleared
+_LITTLE = sys.byteorder == "little"
 
-
-def default_chunk(device: torch.device, n: int) -> int:
-    """Entries per streamed chunk: cache-sized on CPU (and at most n/64, so the ~10 bytes of buffers
-    per chunk entry stay a few percent of the model), large on accelerators (fewer launches)."""
-    if device.type != "cpu":
-        return 1 << 24
-    return min(1 << 19, max(1 << 14, n >> 6))
+Item = tuple[int, int, int]  # (tensor index, first flat index, end flat index)
 
 
 @dataclass(frozen=True)
@@ -77,132 +82,254 @@ def _key_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if torch.float64 in dts else torch.float32  # exact conversions only
 
 
-class _Stream:
-    """Chunked views of the tensors' keys, written into reusable buffers (no per-chunk allocation)."""
+class _Plan:
+    """The tensors as flat views, the key space, the chunks (in tensor, flat-index order) and the
+    per-chunk key computations on a worker's scratch buffers."""
 
-    def __init__(self, tensors: Sequence[torch.Tensor], key_dtype: torch.dtype, chunk: int) -> None:
+    def __init__(self, tensors: Sequence[torch.Tensor], chunk: int | None, workers: int | None,
+                 key_dtype: torch.dtype | None = None) -> None:
         self.tensors = [t.detach() for t in tensors]
-        self.key_dtype = key_dtype
-        self.int_dtype = _INT_OF[key_dtype]
-        self.sign_clear = (1 << (torch.iinfo(self.int_dtype).bits - 1)) - 1
-        self.chunk = chunk
-        biggest = min(chunk, max((t.numel() for t in self.tensors), default=0))
-        dev = self.tensors[0].device if self.tensors else torch.device("cpu")
-        self.key_buf = torch.empty(biggest, dtype=self.int_dtype, device=dev)
-        self.tmp_buf = torch.empty(biggest, dtype=self.int_dtype, device=dev)
-        self.conv_buf = torch.empty(biggest, dtype=key_dtype, device=dev) if any(
-            t.dtype != key_dtype for t in self.tensors) else None
+        self.flats = [t.reshape(-1) for t in self.tensors]  # row-major; a copy only if not contiguous
+        self.key_dtype = key_dtype or _key_dtype(self.tensors)
+        self.int_dtype = _INT_OF[self.key_dtype]
+        self.key_bits = torch.iinfo(self.int_dtype).bits
+        self.sign_clear = (1 << (self.key_bits - 1)) - 1
+        self.words = self.key_bits // 16  # 16-bit words per key; the top is the most significant
+        self.hi = self.words - 1 if _LITTLE else 0
+        self.n = sum(t.numel() for t in self.tensors)
+        self.device = self.tensors[0].device if self.tensors else torch.device("cpu")
+        self.workers = workers_for(self.device, workers)
+        self.convert = any(t.dtype != self.key_dtype for t in self.tensors)
+        width = max((t.element_size() for t in self.tensors), default=4)
+        bpe = width + (self.key_bits // 8 if self.convert else 0) + self.key_bits // 8 + 4
+        self.chunk = chunk or chunk_entries(self.device, self.n, bpe, self.workers)
 
-    def flat(self, i: int) -> torch.Tensor:
-        return self.tensors[i].reshape(-1)  # row-major flat index (a copy only if not contiguous)
+    def items(self, which: Sequence[int] | None = None) -> list[Item]:
+        out: list[Item] = []
+        for i in range(len(self.tensors)) if which is None else which:
+            m = self.flats[i].numel()
+            out += [(i, a, min(a + self.chunk, m)) for a in range(0, m, self.chunk)]
+        return out
 
-    def chunks(self, i: int) -> list[tuple[int, int]]:
-        n = self.tensors[i].numel()
-        return [(a, min(a + self.chunk, n)) for a in range(0, n, self.chunk)]
+    def in_key_dtype(self, x: torch.Tensor, s: Scratch) -> torch.Tensor:
+        if x.dtype == self.key_dtype:
+            return x
+        xc = s.buf("conv", x.numel(), self.key_dtype, self.device, self.chunk)
+        xc.copy_(x)  # exact: float16/bfloat16 -> float32, anything -> float64
+        return xc
 
-    def keys(self, x: torch.Tensor) -> torch.Tensor:
+    def keys(self, x: torch.Tensor, s: Scratch) -> torch.Tensor:
         """The |w| keys of the chunk ``x`` (a view of a reused buffer)."""
-        m = x.numel()
-        if x.dtype != self.key_dtype:
-            assert self.conv_buf is not None
-            xc = self.conv_buf[:m]
-            xc.copy_(x)  # exact: float16/bfloat16 -> float32, anything -> float64
-            x = xc
-        a = self.key_buf[:m]
-        torch.bitwise_and(x.view(self.int_dtype), self.sign_clear, out=a)  # KMR.prune.tie-break: |w|, -0 -> 0
+        a = s.buf("key", x.numel(), self.int_dtype, self.device, self.chunk)
+        torch.bitwise_and(self.in_key_dtype(x, s).view(self.int_dtype), self.sign_clear,
+                          out=a)  # KMR.prune.tie-break: |w|, -0 -> 0
         return a
 
+    def tops(self, x: torch.Tensor, s: Scratch) -> torch.Tensor:
+        """The 15 high bits of the |w| keys of ``x``, as int16 in [0, 2^15): one op."""
+        t = s.buf("top", x.numel(), torch.int16, self.device, self.chunk)
+        words = self.in_key_dtype(x, s).view(torch.int16)
+        if self.words > 1:
+            words = words[self.hi::self.words]
+        torch.bitwise_and(words, 0x7FFF, out=t)  # KMR.prune.tie-break: the sign is not part of |w|
+        return t
 
-def select_threshold(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None) -> Selection:
+
+def _acc(s: Scratch, name: str, h: torch.Tensor) -> None:
+    acc = s.state.get(name)
+    if acc is None:
+        s.state[name] = h
+    else:
+        acc.add_(h)
+
+
+def _sum(scratches: list[Scratch], name: str, bins: int, device: torch.device) -> torch.Tensor:
+    total = torch.zeros(bins, dtype=torch.int64, device=device)
+    for s in scratches:
+        if name in s.state:
+            total.add_(s.state[name])
+    return total
+
+
+def _top_histogram(p: _Plan) -> tuple[torch.Tensor, list[int]]:
+    """Pass 1: the 2^15-bin histogram of the tops, and each tensor's smallest top."""
+
+    def hist(it: Item, s: Scratch) -> int:
+        i, a0, a1 = it
+        t = p.tops(p.flats[i][a0:a1], s)
+        _acc(s, "h", torch.bincount(t, minlength=_TOP_BINS))
+        return int(t.amin())
+
+    mins, scratches = map_chunks(hist, p.items(), p.workers)
+    least = [_TOP_BINS] * len(p.tensors)
+    for (i, _, _), m in zip(p.items(), mins, strict=True):
+        least[i] = min(least[i], m)
+    return _sum(scratches, "h", _TOP_BINS, p.device), least
+
+
+def _locate(counts: torch.Tensor, rank: int) -> tuple[int, int, int]:
+    """(bin d, entries in bins < d, entries in bin d) for the 1-based ``rank``."""
+    cum = torch.cumsum(counts, 0)
+    d = int(torch.searchsorted(cum, torch.tensor([rank], dtype=cum.dtype, device=cum.device))[0])
+    if d >= counts.numel():  # pragma: no cover - the counts always sum to >= rank
+        raise AssertionError("radix select lost entries")
+    ties = int(counts[d])
+    return d, int(cum[d]) - ties, ties
+
+
+def _radix(p: _Plan, k: int, top_counts: torch.Tensor) -> Selection:
+    """``KMR.prune.count`` / ``KMR.prune.tie-break``: from the top histogram, radix passes over the
+    lower digits (each restricted by a clamp to the entries sharing the prefix found so far) give
+    the exact key of the k-th smallest entry."""
+    digits = _DIGITS[p.int_dtype]
+    total_bits = sum(digits)
+    prefix, below, ties = _locate(top_counts, k)
+    done = digits[0]
+    for width in digits[1:]:
+        shift = total_bits - done - width
+        bins = 1 << width
+        # bin 0: prefix below, bins 1..2^w: the digit, bin 2^w + 1: prefix above
+        base = (prefix << width) - 1
+        top = min((prefix + 1) << width, ((1 << total_bits) - 1) >> shift)
+
+        def hist(it: Item, s: Scratch, shift: int = shift, base: int = base, top: int = top,
+                 nbins: int = bins + 2) -> None:
+            i, a0, a1 = it
+            a = p.keys(p.flats[i][a0:a1], s)
+            if shift:
+                a.bitwise_right_shift_(shift)
+            a.clamp_(base, top).sub_(base)
+            _acc(s, "r", torch.bincount(a, minlength=nbins))
+
+        _, scratches = map_chunks(hist, p.items(), p.workers)
+        counts = _sum(scratches, "r", bins + 2, p.device)[1:-1]
+        d, lower, ties = _locate(counts, k - below)
+        below += lower
+        prefix = (prefix << width) | d
+        done += width
+    return Selection(k, p.n, p.key_dtype, prefix, below, ties)
+
+
+def select_threshold(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None,
+                     workers: int | None = None) -> Selection:
     """``KMR.prune.count`` / ``KMR.prune.tie-break``: the exact key of the k-th smallest |w| over
-    all ``tensors`` (1 <= k <= n), found by histogram passes; no concatenation, no sort."""
+    all ``tensors`` (1 <= k <= n), by histogram passes; no concatenation, no sort."""
     n = sum(t.numel() for t in tensors)
     if not 1 <= k <= n:
         raise KnobDomainError("KMR.prune.count", f"select needs 1 <= k <= n, got k={k}, n={n}")
-    key_dtype = _key_dtype(tensors)
-    s = _Stream(tensors, key_dtype, chunk or default_chunk(tensors[0].device, n))
-    digits = _DIGITS[s.int_dtype]
-    total_bits = sum(digits)
-    prefix, below, ties = 0, 0, n
-    done = 0
-    for width in digits:
-        shift = total_bits - done - width
-        bins = 1 << width
-        acc: torch.Tensor | None = None
-        for i in range(len(s.tensors)):
-            f = s.flat(i)
-            for a0, a1 in s.chunks(i):
-                a = s.keys(f[a0:a1])
-                t = s.tmp_buf[: a1 - a0]
-                if shift:
-                    torch.bitwise_right_shift(a, shift, out=t)
-                else:
-                    t = a  # the key buffer is rewritten for the next chunk: free to modify
-                if done == 0:  # the first digit: every entry falls into one of the bins
-                    nbins = bins
-                else:  # bin 0: prefix below, bins 1..2^w: the digit, bin 2^w + 1: prefix above
-                    base = (prefix << width) - 1
-                    top = min((prefix + 1) << width, ((1 << total_bits) - 1) >> shift)
-                    t.clamp_(base, top).sub_(base)
-                    nbins = bins + 2
-                h = torch.bincount(t, minlength=nbins)
-                acc = h if acc is None else acc.add_(h)
-        assert acc is not None
-        counts = acc[1:-1] if done else acc
-        rank = k - below  # 1-based rank of the k-th entry among those sharing the prefix
-        cum = torch.cumsum(counts, 0)
-        d = int(torch.searchsorted(cum, torch.tensor([rank], dtype=cum.dtype, device=cum.device))[0])
-        if d >= counts.numel():  # pragma: no cover - the counts always sum to >= rank
-            raise AssertionError("radix select lost entries")
-        ties = int(counts[d])
-        below += int(cum[d]) - ties
-        prefix = (prefix << width) | d
-        done += width
-    return Selection(k, n, key_dtype, prefix, below, ties)
+    p = _Plan(tensors, chunk, workers)
+    counts, _ = _top_histogram(p)
+    return _radix(p, k, counts)
 
 
+# A sink writes one chunk's result: sink(i, a0, a1, x, pruned) with x the input chunk and pruned
+# a bool mask; a fix prunes, after the pass, the given flat indices of tensor i.
 Sink = Callable[[int, int, int, torch.Tensor, torch.Tensor], None]
+Fix = Callable[[int, torch.Tensor], None]
 
 
-def _write_pass(s: _Stream, sel: Selection, sink: Sink) -> list[bool]:
-    """Stream the tensors once more; call ``sink(i, a0, a1, chunk, pruned_mask)`` per chunk.
-    Returns, per tensor, whether any entry of it is pruned."""
-    dev = s.tensors[0].device
-    mbuf = torch.empty(s.key_buf.numel(), dtype=torch.bool, device=dev)
-    ebuf = torch.empty(s.key_buf.numel(), dtype=torch.bool, device=dev)
-    quota = sel.quota  # ties still to prune, in (tensor index, flat index) order: KMR.prune.tie-break
-    if quota == sel.ties:  # all ties pruned: key <= v* everywhere
-        quota = 0
-        everywhere_le = True
-    else:
-        everywhere_le = False
-    any_pruned = [False] * len(s.tensors)
-    for i in range(len(s.tensors)):
-        f = s.flat(i)
-        for a0, a1 in s.chunks(i):
-            x = f[a0:a1]
-            a = s.keys(x)
-            m = mbuf[: a1 - a0]
-            if everywhere_le:
-                torch.le(a, sel.key, out=m)
-            elif quota == 0:
-                torch.lt(a, sel.key, out=m)
-            else:
-                e = ebuf[: a1 - a0]
-                torch.eq(a, sel.key, out=e)
-                c = int(e.sum())
-                if c <= quota:  # every tie in this chunk is within the quota
-                    torch.le(a, sel.key, out=m)
-                    quota -= c
-                else:  # the quota runs out inside this chunk: the first `quota` ties only
-                    torch.lt(a, sel.key, out=m)
-                    first = torch.cumsum(e, 0, dtype=torch.int64) <= quota
-                    m.logical_or_(e.logical_and_(first))
-                    quota = 0
-            if not any_pruned[i]:
-                any_pruned[i] = bool(m.any())
-            sink(i, a0, a1, x, m)
-    return any_pruned
+def _select_and_write(p: _Plan, k: int, sink: Sink, fix: Fix, bucket_limit: int | None) -> list[bool]:
+    """The pruning passes; returns, per tensor, whether any entry of it is pruned (the sink is
+    called only for tensors that may have a pruned entry)."""
+    hist, least = _top_histogram(p)
+    b, below, count = _locate(hist, k)
+    quota = k - below  # bucket entries to prune, first by (key, tensor index, flat index)
+    if quota == count:  # the whole bucket goes: top <= b, no selection inside it
+        return _write(p, [i for i, m in enumerate(least) if m <= b], b, inclusive=True, sink=sink)
+    if count <= (max(1 << 16, p.n // 128) if bucket_limit is None else bucket_limit):
+        return _write_collect(p, least, b, quota, sink, fix)
+    sel = _radix(p, k, hist)  # a large bucket (e.g. mostly zeros): exact key, then tie quotas
+    return _write_ties(p, [i for i, m in enumerate(least) if m <= b], sel, sink)
+
+
+def _write(p: _Plan, which: list[int], b: int, *, inclusive: bool, sink: Sink) -> list[bool]:
+    def write(it: Item, s: Scratch) -> None:
+        i, a0, a1 = it
+        x = p.flats[i][a0:a1]
+        m = s.buf("m", a1 - a0, torch.bool, p.device, p.chunk)
+        (torch.le if inclusive else torch.lt)(p.tops(x, s), b, out=m)  # KMR.prune.tie-break
+        sink(i, a0, a1, x, m)
+
+    map_chunks(write, p.items(which), p.workers)
+    hit = set(which)
+    return [i in hit for i in range(len(p.tensors))]
+
+
+def _write_collect(p: _Plan, least: list[int], b: int, quota: int, sink: Sink, fix: Fix) -> list[bool]:
+    which = [i for i, m in enumerate(least) if m <= b]
+
+    def write(it: Item, s: Scratch) -> tuple[torch.Tensor, torch.Tensor]:
+        i, a0, a1 = it
+        x = p.flats[i][a0:a1]
+        t = p.tops(x, s)
+        m = s.buf("m", a1 - a0, torch.bool, p.device, p.chunk)
+        torch.lt(t, b, out=m)  # below the bucket: pruned
+        sink(i, a0, a1, x, m)
+        e = s.buf("e", a1 - a0, torch.bool, p.device, p.chunk)
+        idx = torch.eq(t, b, out=e).nonzero().view(-1)  # the bucket: collected, in flat order
+        key = torch.bitwise_and(p.in_key_dtype(x[idx], s).view(p.int_dtype), p.sign_clear).to(torch.int64)
+        return idx.add_(a0), key
+
+    items = p.items(which)
+    got, _ = map_chunks(write, items, p.workers)
+    touched = [i in set(which) and least[i] < b for i in range(len(p.tensors))]
+    keys = torch.cat([g[1] for g in got])
+    # KMR.prune.tie-break: the chunks are in (tensor, flat index) order, so the bucket is too; its
+    # first `quota` entries by (|w|, position): all with key < v*, then the first ties of v*
+    v = int(torch.kthvalue(keys.cpu(), quota).values)
+    lt = keys < v
+    eq = keys == v
+    sel = lt.logical_or_(eq.logical_and_(torch.cumsum(eq, 0) <= quota - int(lt.sum())))
+    chosen = sel.nonzero().view(-1)
+    locs = torch.cat([g[0] for g in got])[chosen]
+    sizes = torch.tensor([g[0].numel() for g in got], dtype=torch.int64, device=keys.device)
+    owner = torch.repeat_interleave(torch.tensor([i for i, _, _ in items], dtype=torch.int64,
+                                                 device=keys.device), sizes)[chosen]
+    tids, per = torch.unique_consecutive(owner, return_counts=True)
+    for i, part in zip(tids.tolist(), torch.split(locs, per.tolist()), strict=True):
+        fix(i, part)
+        touched[i] = True
+    return touched
+
+
+def _write_ties(p: _Plan, which: list[int], sel: Selection, sink: Sink) -> list[bool]:
+    """Fallback write: key < v* is pruned, and of the ties (key == v*) the first ``quota`` in
+    (tensor index, flat index) order — each chunk's share from a counting pass."""
+    v = sel.key
+    items = p.items(which)
+
+    def count(it: Item, s: Scratch) -> int:
+        i, a0, a1 = it
+        e = s.buf("e", a1 - a0, torch.bool, p.device, p.chunk)
+        return int(torch.eq(p.keys(p.flats[i][a0:a1], s), v, out=e).sum())
+
+    ties, _ = map_chunks(count, items, p.workers)
+    shares, left = [], sel.quota
+    for c in ties:
+        shares.append(min(c, left))
+        left -= shares[-1]
+
+    def write(job: tuple[Item, int, int], s: Scratch) -> bool:
+        (i, a0, a1), share, c = job
+        x = p.flats[i][a0:a1]
+        a = p.keys(x, s)
+        m = s.buf("m", a1 - a0, torch.bool, p.device, p.chunk)
+        if share == c:  # every tie of this chunk is within the quota (or there is none)
+            torch.le(a, v, out=m)
+        else:
+            torch.lt(a, v, out=m)
+            if share:  # KMR.prune.tie-break: the first `share` ties of the chunk, in flat order
+                e = s.buf("e", a1 - a0, torch.bool, p.device, p.chunk)
+                torch.eq(a, v, out=e)
+                m.logical_or_(e.logical_and_(torch.cumsum(e, 0, dtype=torch.int64) <= share))
+        sink(i, a0, a1, x, m)
+        return bool(m.any())
+
+    hits, _ = map_chunks(write, list(zip(items, shares, ties, strict=True)), p.workers)
+    touched = [False] * len(p.tensors)
+    for (i, _, _), h in zip(items, hits, strict=True):
+        touched[i] = touched[i] or h
+    return touched
 
 
 def _check_k(tensors: Sequence[torch.Tensor], k: int) -> int:
@@ -212,61 +339,78 @@ def _check_k(tensors: Sequence[torch.Tensor], k: int) -> int:
     return n
 
 
-def magnitude_masks(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None) -> list[torch.Tensor]:
+def magnitude_masks(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None,
+                    bucket_limit: int | None = None, workers: int | None = None) -> list[torch.Tensor]:
     """Keep-masks equal to :func:`kmr_ref.methods.pruning.magnitude_masks` (``KMR.prune.tie-break``)."""
     _check_k(tensors, k)
     masks = [torch.ones(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
     if k == 0:
         return masks
-    sel = select_threshold(tensors, k, chunk=chunk)
-    s = _Stream(tensors, sel.key_dtype, chunk or default_chunk(tensors[0].device, sel.n))
+    p = _Plan(tensors, chunk, workers)
     flats = [m.view(-1) for m in masks]
 
     def sink(i: int, a0: int, a1: int, x: torch.Tensor, m: torch.Tensor) -> None:
         torch.logical_not(m, out=flats[i][a0:a1])
 
-    _write_pass(s, sel, sink)
+    def fix(i: int, locs: torch.Tensor) -> None:
+        flats[i].index_fill_(0, locs, False)
+
+    _select_and_write(p, k, sink, fix, bucket_limit)
     return masks
 
 
-def prune_global(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None) -> list[torch.Tensor]:
+def prune_global(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None, bucket_limit: int | None = None,
+                 workers: int | None = None) -> list[torch.Tensor]:
     """The pruned tensors: equal, bit for bit, to ``apply_mask(t, keep)`` with the reference masks
     (``KMR.prune.zero-value``: pruned -> +0.0, kept entries keep their bits).
 
     A tensor with no pruned entry is returned as is (the same object, shared, as the rule shares
     untouched tensors: ``KMR.rule.no-mutation``); every other result is a new contiguous tensor.
-    The inputs are never modified."""
+    The inputs are never modified. ``workers``: threads (default: torch's thread count, at most
+    the cores this process may use); ``chunk``: entries per chunk (default from the cache size);
+    ``bucket_limit``: the most bucket entries collected before the radix fallback (default
+    max(2^16, n/128))."""
     _check_k(tensors, k)
     if k == 0:
         return list(tensors)
-    sel = select_threshold(tensors, k, chunk=chunk)
-    s = _Stream(tensors, sel.key_dtype, chunk or default_chunk(tensors[0].device, sel.n))
-    outs = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors]
-    flats = [o.view(-1) for o in outs]
-    zeros = {t.dtype: torch.zeros((), dtype=t.dtype, device=t.device) for t in tensors}
+    p = _Plan(tensors, chunk, workers)
+    outs: dict[int, torch.Tensor] = {}
+    zeros = {t.dtype: torch.zeros((), dtype=t.dtype, device=t.device) for t in p.tensors}
+
+    def out(i: int) -> torch.Tensor:
+        o = outs.get(i)
+        if o is None:  # allocated on first use (workers may race: setdefault keeps one of them)
+            o = outs.setdefault(i, torch.empty(p.flats[i].shape, dtype=p.flats[i].dtype, device=p.device))
+        return o
 
     def sink(i: int, a0: int, a1: int, x: torch.Tensor, m: torch.Tensor) -> None:
-        torch.where(m, zeros[x.dtype], x, out=flats[i][a0:a1])  # KMR.prune.zero-value: +0.0
+        torch.where(m, zeros[x.dtype], x, out=out(i)[a0:a1])  # KMR.prune.zero-value: +0.0
 
-    touched = _write_pass(s, sel, sink)
-    return [o if hit else t for o, t, hit in zip(outs, tensors, touched, strict=True)]
+    def fix(i: int, locs: torch.Tensor) -> None:
+        out(i).index_fill_(0, locs, 0.0)  # KMR.prune.zero-value: +0.0
+
+    touched = _select_and_write(p, k, sink, fix, bucket_limit)
+    return [outs[i].view(t.shape) if hit else t for i, (t, hit) in enumerate(zip(tensors, touched, strict=True))]
 
 
-def prune_global_(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None) -> list[bool]:
+def prune_global_(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None, bucket_limit: int | None = None,
+                  workers: int | None = None) -> list[bool]:
     """In place (for practitioners who own their tensors; the rule never calls this): the same
     result as :func:`prune_global`, written into ``tensors`` (which must be contiguous). Returns,
-    per tensor, whether any entry was pruned. Peak extra memory is O(chunk)."""
+    per tensor, whether any entry was pruned. Peak extra memory is O(workers x chunk + bucket)."""
     _check_k(tensors, k)
     for t in tensors:
         if not t.is_contiguous():
             raise ValueError("prune_global_ needs contiguous tensors")
     if k == 0:
         return [False] * len(tensors)
-    sel = select_threshold(tensors, k, chunk=chunk)
-    s = _Stream(tensors, sel.key_dtype, chunk or default_chunk(tensors[0].device, sel.n))
+    p = _Plan(tensors, chunk, workers)
 
     def sink(i: int, a0: int, a1: int, x: torch.Tensor, m: torch.Tensor) -> None:
         x.masked_fill_(m, 0.0)  # KMR.prune.zero-value; x is a view of the caller's tensor
 
+    def fix(i: int, locs: torch.Tensor) -> None:
+        p.flats[i].index_fill_(0, locs, 0.0)  # KMR.prune.zero-value
+
     with torch.no_grad():
-        return _write_pass(s, sel, sink)
+        return _select_and_write(p, k, sink, fix, bucket_limit)
