@@ -21,9 +21,10 @@ This module imports no torch: a third-party adapter needs numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from numbers import Integral
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -66,8 +67,12 @@ class PruneOutput:
 class PruneMagnitudeAdapter(Protocol):
     """``kind: prune-magnitude`` (``spec/methods/pruning.md``).
 
-    ``tensors``: the model's prunable tensors in tensor order (``KMR.prune.tensor-order``), as
-    (qualified name, float32 array) pairs. ``knob``: ``"sparsity"`` or ``"sparsity@<name>"``.
+    ``tensors``: the model's prunable tensors as (qualified name, float32 array) pairs, in the
+    vector's order. ``tree``: the module tree in registration order, a list of ``{"name", "type"}``
+    (a Linear / Conv1d / Conv2d / Conv3d leaf holding ``<path>.weight``) or ``{"name", "children"}``
+    nodes; the tensor order of the tie-break (``KMR.prune.tensor-order``) is the depth-first order of
+    its leaves, which need not be the order of ``tensors`` (vectors list them by name on purpose).
+    Return the tensors in the order they were given. ``knob``: ``"sparsity"`` or ``"sparsity@<name>"``.
     ``scope``: the rule's setting for ``sparsity``. ``sparsity``: the value as the caller spells it:
     a ``Fraction`` (the vector's ``"p/q"`` string), an ``int``, a binary64 ``float`` (which denotes
     its shortest decimal, ``KMR.exact.binary64``) or, in error vectors, anything else (e.g. a bool).
@@ -76,7 +81,50 @@ class PruneMagnitudeAdapter(Protocol):
     checks_input: bool
 
     def prune(self, tensors: Sequence[tuple[str, F32Array]], knob: str, scope: Scope,
-              sparsity: Any) -> PruneOutput: ...
+              sparsity: Any, tree: Sequence[Mapping[str, Any]]) -> PruneOutput: ...
+
+
+def tree_of(names: Sequence[str], ndims: Sequence[int]) -> list[dict[str, Any]]:
+    """The module tree whose depth-first leaf order is ``names`` (``<path>.weight``; a leaf's type
+    from its number of dimensions), for vectors that list their tensors in tensor order."""
+    root: list[dict[str, Any]] = []
+    kinds = {2: "Linear", 3: "Conv1d", 4: "Conv2d", 5: "Conv3d"}
+    for name, nd in zip(names, ndims, strict=True):
+        *path, _leaf = name.split(".")
+        level = root
+        for part in path[:-1]:
+            node = next((n for n in level if n["name"] == part and "children" in n), None)
+            if node is None:
+                node = {"name": part, "children": []}
+                level.append(node)
+            level = node["children"]
+        level.append({"name": path[-1] if path else name, "type": kinds.get(nd, "Linear")})
+    return root
+
+
+def tree_order(tree: Sequence[Mapping[str, Any]], prefix: str = "") -> list[str]:
+    """``KMR.prune.tensor-order``: the ``<path>.weight`` names of the leaves, depth-first."""
+    out: list[str] = []
+    for node in tree:
+        path = prefix + str(node["name"])
+        if "children" in node:
+            out += tree_order(node["children"], path + ".")
+        else:
+            out.append(path + ".weight")
+    return out
+
+
+def exact_cost(c: Any) -> tuple[Any, str]:
+    """``KMR.meter.cost-exact`` for a returned cost, as the reference's ``CostMeter`` treats it: an
+    integer of any integral type (``numpy.int64`` included) is converted to ``int``; a ``Fraction``
+    passes; a float (``5.0`` too), a bool or anything else is refused. Returns (cost, problem)."""
+    if isinstance(c, bool):
+        return c, f"KMR.meter.cost-exact: the cost is a bool ({c!r}), not an exact number"
+    if isinstance(c, Integral):
+        return int(c), ""
+    if isinstance(c, Fraction):
+        return (int(c) if c.denominator == 1 else f"{c.numerator}/{c.denominator}"), ""
+    return c, f"KMR.meter.cost-exact: the cost is {type(c).__name__} {c!r}; costs are exact integers or rationals"
 
 
 # --- quant-uniform -------------------------------------------------------------------------------

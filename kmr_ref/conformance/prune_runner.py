@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
@@ -27,7 +28,10 @@ from kmr_ref.conformance.adapters import (
     Scope,
     bit_patterns,
     decode_spelling,
+    exact_cost,
     f32_array,
+    tree_of,
+    tree_order,
 )
 from kmr_ref.conformance.method_runner import run_checked
 from kmr_ref.conformance.vectors import VectorRunner
@@ -38,30 +42,34 @@ Json = Any
 _MODULE_OF_NDIM: dict[int, type[nn.Module]] = {2: nn.Linear, 3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
 
 
-def build_model(tensors: Sequence[tuple[str, F32Array]]) -> nn.Module:
+def build_model(tensors: Sequence[tuple[str, F32Array]], tree: Sequence[Mapping[str, Any]] | None = None) -> nn.Module:
     """A module tree whose prunable tensors (``KMR.prune.prunable-default``) are exactly ``tensors``,
-    in that order (``KMR.prune.tensor-order``), sharing their memory (so a mutation would show)."""
-    root = nn.Module()
-    for name, arr in tensors:
-        *path, leaf = name.split(".")
-        if leaf != "weight" or not path:
-            raise ValueError(f"tensor names must be '<module path>.weight', got {name!r}")
-        if arr.ndim not in _MODULE_OF_NDIM:
-            raise ValueError(f"{name}: a prunable weight has 2 to 5 dimensions, got shape {arr.shape}")
-        parent = root
-        for part in path[:-1]:
-            if part not in parent._modules:
-                parent.add_module(part, nn.Module())
-            child = parent._modules[part]
-            assert child is not None
-            parent = child
-        cls = _MODULE_OF_NDIM[arr.ndim]
-        mod = cls(1, 1, bias=False) if cls is nn.Linear else cls(1, 1, 1, bias=False)
-        mod._parameters["weight"] = nn.Parameter(torch.from_numpy(arr), requires_grad=False)
-        parent.add_module(path[-1], mod)
+    registered as ``tree`` says (default: in the order of ``tensors``), sharing their memory (so a
+    mutation would show)."""
+    arrays = dict(tensors)
+    if tree is None:
+        tree = tree_of([n for n, _ in tensors], [a.ndim for _, a in tensors])
+
+    def build(nodes: Sequence[Mapping[str, Any]], prefix: str) -> nn.Module:
+        mod = nn.Module()
+        for node in nodes:
+            path = prefix + str(node["name"])
+            if "children" in node:
+                mod.add_module(str(node["name"]), build(node["children"], path + "."))
+                continue
+            arr = arrays[path + ".weight"]
+            cls = _MODULE_OF_NDIM.get(arr.ndim)
+            if cls is None or cls.__name__ != node["type"]:
+                raise ValueError(f"{path}: a {node['type']} cannot hold a weight of shape {arr.shape}")
+            leaf = cls(1, 1, bias=False) if cls is nn.Linear else cls(1, 1, 1, bias=False)
+            leaf._parameters["weight"] = nn.Parameter(torch.from_numpy(arr), requires_grad=False)
+            mod.add_module(str(node["name"]), leaf)
+        return mod
+
+    root = build(tree, "")
     order = [n for n, _ in ordered_parameters(root, default_prunable)]
-    if order != [n for n, _ in tensors]:
-        raise ValueError(f"the tensor order {[n for n, _ in tensors]} is not a module registration order: {order}")
+    if sorted(order) != sorted(arrays):
+        raise ValueError(f"the module tree holds {order}, the vector lists {sorted(arrays)}")
     return root
 
 
@@ -71,8 +79,8 @@ class ReferencePrune:
     checks_input = True
 
     def prune(self, tensors: Sequence[tuple[str, F32Array]], knob: str, scope: Scope,
-              sparsity: Any) -> PruneOutput:
-        model = build_model(tensors)
+              sparsity: Any, tree: Sequence[Mapping[str, Any]]) -> PruneOutput:
+        model = build_model(tensors, tree)
         rule = MagnitudePruning.for_model(model, scope)
         out = rule.apply(model, knob, sparsity)
         params = dict(ordered_parameters(out, rule.prunable))
@@ -85,14 +93,16 @@ class KernelPrune:
     checks_input = False
 
     def prune(self, tensors: Sequence[tuple[str, F32Array]], knob: str, scope: Scope,
-              sparsity: Any) -> PruneOutput:
+              sparsity: Any, tree: Sequence[Mapping[str, Any]]) -> PruneOutput:
         try:
             prune_global = importlib.import_module("kmr_ref.kernels.prune_select").prune_global
         except (ImportError, AttributeError) as e:
             raise NotSupported(f"kmr_ref.kernels.prune_select.prune_global is not available: {e}") from e
         s = Fraction(repr(sparsity)) if isinstance(sparsity, float) else Fraction(sparsity)
-        names = [n for n, _ in tensors]
-        ts = [torch.from_numpy(a) for _, a in tensors]
+        given = [n for n, _ in tensors]
+        names = tree_order(tree)  # KMR.prune.tensor-order: the kernel takes tensors in that order
+        arrays = dict(tensors)
+        ts = [torch.from_numpy(arrays[n]) for n in names]
         if knob != "sparsity":
             groups = [[names.index(knob.split("@", 1)[1])]]
         elif scope == "global":
@@ -104,27 +114,48 @@ class KernelPrune:
             k = math.floor(s * sum(ts[i].numel() for i in g))
             for i, t in zip(g, prune_global([ts[i] for i in g], k), strict=True):
                 out[i] = t
-        return PruneOutput([t.numpy() for t in out], sum(int(torch.count_nonzero(t)) for t in out))
+        res = dict(zip(names, out, strict=True))
+        return PruneOutput([res[n].numpy() for n in given], sum(int(torch.count_nonzero(t)) for t in out))
+
+
+def describe_call(tensors: Sequence[tuple[str, F32Array]], knob: str, scope: str, sparsity: Any,
+                  tree: Json) -> str:
+    """The adapter call as the runner made it (shown with a failure, so it reproduces outside the kit)."""
+    ts = ", ".join(f"({n!r}, float32{tuple(a.shape)} = input.tensors[{i}])" for i, (n, a) in enumerate(tensors))
+    return (f"adapter call: prune(tensors=[{ts}], knob={knob!r}, scope={scope!r}, sparsity={sparsity!r}, "
+            f"tree={json.dumps(tree)})")
 
 
 def run_prune_vector(vec: Mapping[str, Json], adapter: PruneMagnitudeAdapter) -> tuple[bool, str]:
     """Run one ``prune-magnitude`` vector through ``adapter``."""
     inp = vec["input"]
     tensors = [(t["name"], f32_array(t["values"], t["shape"])) for t in inp["tensors"]]
+    tree = inp.get("tree") or tree_of([n for n, _ in tensors], [a.ndim for _, a in tensors])
+    sparsity = decode_spelling(inp["sparsity"])
+    problems: list[str] = []
 
     def call() -> Json:
-        res = adapter.prune(tensors, inp["knob"], inp["scope"], decode_spelling(inp["sparsity"]))
+        res = adapter.prune(tensors, inp["knob"], inp["scope"], sparsity, tree)
+        cost, problem = exact_cost(res.cost)
+        if problem and problem not in problems:
+            problems.append(problem)
         if len(res.tensors) != len(tensors):
-            return {"tensors": f"<{len(res.tensors)} tensors returned for {len(tensors)}>", "cost": res.cost}
+            return {"tensors": f"<{len(res.tensors)} tensors returned for {len(tensors)}>", "cost": cost}
         enc = []
         for (name, a), o in zip(tensors, res.tensors, strict=True):
             arr = np.asarray(o)
             if arr.shape != a.shape:
-                return {"tensors": f"<{name}: shape {arr.shape} returned for {a.shape}>", "cost": res.cost}
+                return {"tensors": f"<{name}: shape {arr.shape} returned for {a.shape}>", "cost": cost}
             enc.append({"name": name, "values": bit_patterns(arr)})
-        return {"tensors": enc, "cost": res.cost}
+        return {"tensors": enc, "cost": cost}
 
-    return run_checked(vec, [a for _, a in tensors], getattr(adapter, "checks_input", True), call)
+    ok, diff = run_checked(vec, [a for _, a in tensors], getattr(adapter, "checks_input", True), call)
+    if problems:  # KMR.meter.cost-exact is the runner's own check: blamed on its clause
+        diff = "\n".join([*problems, *(x for x in diff.splitlines() if ".cost:" not in x)])
+        ok = False
+    if not ok:
+        diff = describe_call(tensors, inp["knob"], inp["scope"], sparsity, tree) + "\n" + diff
+    return ok, diff
 
 
 def make_runner(adapter: PruneMagnitudeAdapter) -> VectorRunner:

@@ -4,22 +4,29 @@ Extension point: a new kind registers a runner with ``register_runner(kind, fn, 
 ``fn(vector) -> (ok, diff)``, and it may raise ``SkipVector`` (outcome ``skip``) or
 ``NotSupported`` (``not-supported``). Runners are kept per *implementation*: ``RUNNERS`` is the
 reference's (``IMPLEMENTATIONS["reference"]``); ``IMPLEMENTATIONS["kernels"]`` drives the fast
-kernels of ``kmr_ref.kernels``. Kinds without a runner report ``not-supported``. The method kinds
-(``prune-magnitude``, ``quant-uniform``) are registered lazily, so that running ``alg1`` files
-imports no torch. ``ADAPTER_RUNNERS[kind]`` turns a third-party adapter (``adapters.py``) into a
-runner. Every failure carries a copy-paste reproduction
-(``python -m kmr_ref.conformance.vectors FILE --id ID --show [--impl IMPL]``).
+kernels of ``kmr_ref.kernels``, ``IMPLEMENTATIONS["torch"]`` torch's own pruning and quantization
+(``torch_impl.py``). Kinds without a runner report ``not-supported``. The method kinds are
+registered lazily, so that running table-world files imports no torch. ``ADAPTER_RUNNERS[kind]``
+turns a third-party adapter (``adapters.py``) into a runner.
+
+Every vector names one **primary** clause: a failure is blamed on it alone, unless the runner's own
+checks failed (``KMR.rule.no-mutation``, ``KMR.rule.deterministic``, ``KMR.meter.cost-exact``:
+their diff lines start with the clause ID), which are then blamed instead. Results: ``pass``,
+``fail``, ``skip``, ``xfail`` (listed in an implementation's expected-failures file; an
+unexpected pass fails unless not strict) and ``not-supported`` (no runner, ``NotSupported``, or a
+``features`` tag the implementation declares it lacks).
 """
 
 from __future__ import annotations
 
-import argparse
+import fnmatch
 import importlib
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +36,7 @@ from kmr_ref.conformance.alg1_table import Alg1Adapter, reference_alg1
 Json = Any
 Outcome = Literal["pass", "fail", "skip", "xfail", "not-supported"]
 VectorRunner = Callable[[Mapping[str, Json]], tuple[bool, str]]
+_CLAUSE_LINE = re.compile(r"^(KMR\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+):")
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,29 @@ class VectorResult:
     outcome: Outcome
     diff: str
     reproduction: str
+    primary: str = ""
+    blame: str = ""  # the clause a fail / xfail is charged to ("" otherwise)
+    features: tuple[str, ...] = ()
+    file: str = ""
+
+
+def primary_of(vec: Mapping[str, Json]) -> str:
+    """The vector's primary clause (older files without one: its first cited clause)."""
+    p = vec.get("primary")
+    if isinstance(p, str):
+        return p
+    cl = vec.get("clauses") or [""]
+    return str(cl[0])
+
+
+def blame_of(primary: str, diff: str) -> str:
+    """The clause a failure is charged to: a runner-level check (its diff lines start with a clause
+    ID, e.g. ``KMR.rule.no-mutation: ...``) when only such checks failed, else the primary clause."""
+    lines = [x for x in diff.splitlines() if x.strip() and not x.startswith(" ") and not x.startswith("adapter call")]
+    tags = [m.group(1) for m in (_CLAUSE_LINE.match(x) for x in lines) if m]
+    if lines and len(tags) == len(lines):
+        return tags[0]
+    return primary
 
 
 def load_vectors(path: str | Path) -> VectorFile:
@@ -76,7 +107,8 @@ def load_vectors(path: str | Path) -> VectorFile:
 
 def compare(expected: Json, got: Json, tolerance: Json = None, path: str = "expected") -> list[str]:
     """Differences between JSON values. Exact unless ``tolerance`` = {"abs", "rel"} is given, which
-    then bounds float fields: |got - expected| <= abs + rel * |expected|. Booleans never equal numbers."""
+    then bounds float fields: |got - expected| <= abs + rel * |expected|. Booleans never equal
+    numbers, and an exact (integer) expectation is never met by a float (``5.0`` is not ``5``)."""
     if isinstance(expected, dict) and isinstance(got, dict):
         out: list[str] = []
         for k in sorted(set(expected) | set(got)):
@@ -95,6 +127,8 @@ def compare(expected: Json, got: Json, tolerance: Json = None, path: str = "expe
     num = (int, float)
     if (isinstance(expected, num) and isinstance(got, num) and not isinstance(expected, bool)
             and not isinstance(got, bool)):
+        if isinstance(expected, int) and isinstance(got, float):
+            return [f"{path}: got the float {got!r}, expected the integer {expected!r}"]
         if expected == got:
             return []
         if tolerance and (isinstance(expected, float) or isinstance(got, float)):
@@ -113,6 +147,8 @@ def run_alg1_vector(vec: Mapping[str, Json], adapter: Alg1Adapter = reference_al
     """Run one ``alg1`` vector through ``adapter`` (default: the reference ``budgeted_kmr``)."""
     try:
         got = adapter(vec["input"])
+    except (NotSupported, SkipVector):
+        raise
     except Exception as e:  # an untyped crash is a failure, reported, not raised
         return False, f"adapter raised {type(e).__name__}: {e}"
     diffs = compare(vec["expected"], got, vec.get("tolerance"))
@@ -131,16 +167,23 @@ def lazy_runner(module: str, attr: str) -> VectorRunner:
 
 RUNNERS: dict[str, VectorRunner] = {
     "alg1": run_alg1_vector,
+    "alg10": lazy_runner("kmr_ref.conformance.alg10_table", "run_alg10_vector"),
     "prune-magnitude": lazy_runner("kmr_ref.conformance.prune_runner", "reference_runner"),
     "quant-uniform": lazy_runner("kmr_ref.conformance.quant_runner", "reference_runner"),
 }
 IMPLEMENTATIONS: dict[str, dict[str, VectorRunner]] = {
     "reference": RUNNERS,
-    "kernels": {  # Algorithm 1 has no kernel: alg1 files report not-supported
+    "kernels": {  # Algorithms 1 and 10 have no kernel: their files report not-supported
         "prune-magnitude": lazy_runner("kmr_ref.conformance.prune_runner", "kernels_runner"),
         "quant-uniform": lazy_runner("kmr_ref.conformance.quant_runner", "kernels_runner"),
     },
+    "torch": {  # torch's own pruning and quantization, audited (docs/results/torch-audit.md)
+        "prune-magnitude": lazy_runner("kmr_ref.conformance.torch_impl", "prune_runner"),
+        "quant-uniform": lazy_runner("kmr_ref.conformance.torch_impl", "quant_runner"),
+    },
 }
+# files of expected failures shipped with a built-in implementation (``--xfail`` adds more)
+BUILTIN_XFAIL: dict[str, str] = {"torch": "torch.xfail"}
 
 
 def _alg1_adapter_runner(adapter: Any) -> VectorRunner:
@@ -160,6 +203,7 @@ def _lazy_factory(module: str) -> Callable[[Any], VectorRunner]:
 
 ADAPTER_RUNNERS: dict[str, Callable[[Any], VectorRunner]] = {
     "alg1": _alg1_adapter_runner,
+    "alg10": _lazy_factory("kmr_ref.conformance.alg10_table"),
     "prune-magnitude": _lazy_factory("kmr_ref.conformance.prune_runner"),
     "quant-uniform": _lazy_factory("kmr_ref.conformance.quant_runner"),
 }
@@ -170,80 +214,118 @@ def register_runner(kind: str, fn: VectorRunner, impl: str = "reference") -> Non
     IMPLEMENTATIONS.setdefault(impl, {})[kind] = fn
 
 
+# --- expected failures (array-api-tests style, strict) ------------------------------------------
+
+@dataclass(frozen=True)
+class XFail:
+    """Vector-id patterns (``fnmatch``) an implementation is expected to fail, each with its reason.
+    File format: one pattern per line, ``# reason`` after it; blank lines and ``#`` lines ignored."""
+
+    entries: tuple[tuple[str, str], ...] = ()
+    strict: bool = True
+
+    @staticmethod
+    def parse(text: str, strict: bool = True) -> XFail:
+        out: list[tuple[str, str]] = []
+        for line in text.splitlines():
+            body, _, reason = line.partition("#")
+            if body.strip():
+                out.append((body.strip(), reason.strip()))
+        return XFail(tuple(out), strict)
+
+    @staticmethod
+    def load(path: str | Path, strict: bool = True) -> XFail:
+        return XFail.parse(Path(path).read_text(encoding="utf-8"), strict)
+
+    def __add__(self, other: XFail) -> XFail:
+        return XFail(self.entries + other.entries, self.strict and other.strict)
+
+    def reason(self, vid: str) -> str | None:
+        for pat, why in self.entries:
+            if fnmatch.fnmatchcase(vid, pat):
+                return why or "(no reason given)"
+        return None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How vectors are run: the unsupported ``features`` an implementation declares, its expected
+    failures, and the reproduction command prefix (``report.py`` builds one that runs as printed)."""
+
+    unsupported_features: frozenset[str] = frozenset()
+    xfail: XFail = field(default_factory=XFail)
+    repro: Callable[[str | Path, str], str] | None = None
+
+
 def reproduction(path: str | Path, vid: str, impl: str = "reference") -> str:
-    """A copy-paste command that reruns one vector and prints its diff."""
-    extra = "" if impl == "reference" else f" --impl {impl}"
-    return f"python -m kmr_ref.conformance.vectors {path} --id {vid} --show{extra}"
+    """A command that reruns one vector from any directory and shows its input, output and diff."""
+    from kmr_ref.conformance.report import repro_command  # the one place that builds commands
+
+    return repro_command(path, vid, ["--impl", impl] if impl != "reference" else [])
 
 
 def run_vector(kind: str, vec: Mapping[str, Json], path: str | Path = "<file>", impl: str = "reference",
-               runners: Mapping[str, VectorRunner] | None = None) -> VectorResult:
+               runners: Mapping[str, VectorRunner] | None = None, options: RunOptions | None = None) -> VectorResult:
     """Run one vector with ``impl``'s runner for ``kind`` (or with ``runners`` when given)."""
+    opts = options or RunOptions()
     table = IMPLEMENTATIONS.get(impl, {}) if runners is None else runners
     runner = table.get(kind)
     clauses = tuple(vec.get("clauses", ()))
-    repro = reproduction(path, vec["id"], impl)
+    primary = primary_of(vec)
+    features = tuple(vec.get("features", ()))
+    repro = opts.repro(path, vec["id"]) if opts.repro else reproduction(path, vec["id"], impl)
+    base = VectorResult(vec["id"], kind, clauses, "not-supported", "", repro, primary, "", features, str(path))
+    lacking = sorted(set(features) & opts.unsupported_features)
     if runner is None:
-        return VectorResult(vec["id"], kind, clauses, "not-supported", f"no {impl} runner for kind {kind!r}", repro)
+        return replace(base, diff=f"no {impl} runner for kind {kind!r}")
+    if lacking:
+        return replace(base, diff=f"feature(s) {', '.join(lacking)} declared not supported")
     try:
         ok, diff = runner(vec)
     except NotSupported as e:
-        return VectorResult(vec["id"], kind, clauses, "not-supported", str(e), repro)
+        return replace(base, diff=str(e))
     except SkipVector as e:
-        return VectorResult(vec["id"], kind, clauses, "skip", str(e), repro)
-    return VectorResult(vec["id"], kind, clauses, "pass" if ok else "fail", diff, repro)
+        return replace(base, outcome="skip", diff=str(e))
+    why = opts.xfail.reason(vec["id"])
+    if ok:
+        if why is not None and opts.xfail.strict:
+            return replace(base, outcome="fail", blame=primary,
+                           diff=f"XPASS: listed as an expected failure ({why}) but passed (strict)")
+        return replace(base, outcome="pass", diff=diff)
+    blame = blame_of(primary, diff)
+    if why is not None:
+        return replace(base, outcome="xfail", blame=blame, diff=f"expected failure: {why}\n{diff}")
+    return replace(base, outcome="fail", blame=blame, diff=diff)
 
 
 def run_file(path: str | Path, ids: Sequence[str] | None = None, impl: str = "reference",
-             runners: Mapping[str, VectorRunner] | None = None) -> list[VectorResult]:
+             runners: Mapping[str, VectorRunner] | None = None, options: RunOptions | None = None) -> list[VectorResult]:
     vf = load_vectors(path)
-    return [run_vector(vf.kind, v, path, impl, runners) for v in vf if ids is None or v["id"] in ids]
+    return [run_vector(vf.kind, v, path, impl, runners, options) for v in vf if ids is None or v["id"] in ids]
 
 
 def clause_report(results: Sequence[VectorResult]) -> dict[str, Outcome]:
-    """Per clause: ``fail`` if any vector citing it fails, else ``pass`` if any passes, else the
-    common outcome (e.g. ``not-supported``)."""
+    """Per clause: ``fail`` if a failure is blamed on it (``blame``), else ``pass`` if a vector citing
+    it passed, else ``xfail`` if one is blamed on it, else the outcome the vectors citing it share
+    (``skip``, ``not-supported``). A failing vector's other clauses are charged nothing (a clause
+    cited only by vectors that failed on another clause has no status: nothing is known of it)."""
     by: dict[str, list[Outcome]] = {}
     for r in results:
-        for c in r.clauses:
-            by.setdefault(c, []).append(r.outcome)
+        if r.outcome in ("fail", "xfail"):
+            by.setdefault(r.blame or r.primary or (r.clauses[0] if r.clauses else ""), []).append(r.outcome)
+        else:
+            for c in r.clauses:
+                by.setdefault(c, []).append(r.outcome)
     order: list[Outcome] = ["fail", "pass", "xfail", "skip", "not-supported"]
-    return {c: next(o for o in order if o in outs) for c, outs in sorted(by.items())}
+    return {c: next(o for o in order if o in outs) for c, outs in sorted(by.items()) if c and outs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kmr_ref.conformance.vectors",
-                                 description="Run KMR conformance vectors against the reference.")
-    ap.add_argument("files", nargs="+", help="vector files (e.g. spec/vectors/0.1.0/alg1.json)")
-    ap.add_argument("--id", action="append", dest="ids", help="run only this vector id (repeatable)")
-    ap.add_argument("--show", action="store_true", help="print the vector's input and expected JSON")
-    ap.add_argument("--clauses", action="store_true", help="print the per-clause report")
-    ap.add_argument("--impl", default="reference", choices=sorted(IMPLEMENTATIONS),
-                    help="which implementation runs the vectors (default: reference)")
-    a = ap.parse_args(argv)
-    results: list[VectorResult] = []
-    for f in a.files:
-        vf = load_vectors(f)
-        for v in vf:
-            if a.ids and v["id"] not in a.ids:
-                continue
-            r = run_vector(vf.kind, v, f, a.impl)
-            results.append(r)
-            print(f"{r.outcome:13} {r.id}")
-            if r.outcome in ("skip", "not-supported"):
-                print(f"  {r.diff}")
-            if r.outcome == "fail":
-                print("  " + r.diff.replace("\n", "\n  "))
-                print(f"  reproduce: {r.reproduction}")
-            if a.show:
-                print(json.dumps({k: v[k] for k in ("input", "expected", "tolerance") if k in v}, indent=1,
-                                 sort_keys=True))
-    if a.clauses:
-        for c, o in clause_report(results).items():
-            print(f"{o:13} {c}")
-    n_fail = sum(r.outcome == "fail" for r in results)
-    print(f"{len(results)} vectors: {len(results) - n_fail} not failed, {n_fail} failed")
-    return 1 if n_fail else 0
+    """``python -m kmr_ref.conformance.vectors FILE... [--id ID]``: the report with ``--show``."""
+    from kmr_ref.conformance.report import main as report_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return report_main([*args, "--show"] if "--show" not in args else args)
 
 
 if __name__ == "__main__":
