@@ -33,7 +33,7 @@ from kmr_ref.conformance.adapters import (
     tree_of,
     tree_order,
 )
-from kmr_ref.conformance.method_runner import run_checked
+from kmr_ref.conformance.method_runner import call_encoded, run_checked
 from kmr_ref.conformance.vectors import VectorRunner
 from kmr_ref.methods.modules import default_prunable, ordered_parameters
 from kmr_ref.methods.pruning import MagnitudePruning, nonzero_prunable
@@ -126,6 +126,36 @@ def describe_call(tensors: Sequence[tuple[str, F32Array]], knob: str, scope: str
             f"tree={json.dumps(tree)})")
 
 
+def diagnose(inp: Json, expected: Json, got: Json) -> list[str]:
+    """Runner-level checks that pin a failure to a clause whatever vector shows it: every returned
+    entry is its input's bit pattern or +0.0 (``KMR.prune.zero-value``); the number of nonzero
+    entries left matches the expected output's (``KMR.prune.count``: which entries is the vector's
+    own clause, how many is always k)."""
+    if not isinstance(got, dict) or not isinstance(got.get("tensors"), list) or "tensors" not in expected:
+        return []
+    out: list[str] = []
+    for t, g in zip(inp["tensors"], got["tensors"], strict=False):
+        bad = [(j, b) for j, (a, b) in enumerate(zip(t["values"], g.get("values", []), strict=False))
+               if b not in (a, "00000000")]
+        if not bad and "tensors" in expected:  # a pruned -0.0 must become +0.0 too
+            want: list[str] = next((x["values"] for x in expected["tensors"] if x["name"] == t["name"]), [])
+            bad = [(j, b) for j, (b, e) in enumerate(zip(g.get("values", []), want, strict=False))
+                   if b == "80000000" and e == "00000000"]
+        if bad:
+            j, b = bad[0]
+            out.append(f"KMR.prune.zero-value: {t['name']}[{j}] became {b}, neither its input {t['values'][j]} "
+                       f"nor +0.0 (00000000); {len(bad)} such entries")
+            break
+    if not out:
+        def nonzeros(ts: Json) -> int:
+            return sum(b not in ("00000000", "80000000") for x in ts for b in x.get("values", []))
+        ne, ng = nonzeros(expected["tensors"]), nonzeros(got["tensors"])
+        if ne != ng:
+            out.append(f"KMR.prune.count: {ng} nonzero entries are left, expected {ne} (k = floor(s * n) "
+                       "entries are pruned, zeros included)")
+    return out
+
+
 def run_prune_vector(vec: Mapping[str, Json], adapter: PruneMagnitudeAdapter) -> tuple[bool, str]:
     """Run one ``prune-magnitude`` vector through ``adapter``."""
     inp = vec["input"]
@@ -150,6 +180,8 @@ def run_prune_vector(vec: Mapping[str, Json], adapter: PruneMagnitudeAdapter) ->
         return {"tensors": enc, "cost": cost}
 
     ok, diff = run_checked(vec, [a for _, a in tensors], getattr(adapter, "checks_input", True), call)
+    if not ok:
+        problems += diagnose(inp, vec["expected"], call_encoded(call))
     if problems:  # KMR.meter.cost-exact is the runner's own check: blamed on its clause
         diff = "\n".join([*problems, *(x for x in diff.splitlines() if ".cost:" not in x)])
         ok = False

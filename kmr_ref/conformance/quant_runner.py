@@ -28,7 +28,7 @@ from kmr_ref.conformance.adapters import (
     f32_array,
     int_list,
 )
-from kmr_ref.conformance.method_runner import run_checked
+from kmr_ref.conformance.method_runner import call_encoded, run_checked
 from kmr_ref.conformance.vectors import VectorRunner
 from kmr_ref.methods.quantization import BITS, UniformQuantization, kept_codes
 
@@ -85,7 +85,42 @@ def run_quant_vector(vec: Mapping[str, Json], adapter: QuantUniformAdapter) -> t
         return {"codes": int_list(codes), "scale": bit_patterns(res.scale), "zp": int_list(res.zp),
                 "dequantized": [bit_patterns(r) for r in dq]}
 
-    return run_checked(vec, [w], getattr(adapter, "checks_input", True), call)
+    ok, diff = run_checked(vec, [w], getattr(adapter, "checks_input", True), call)
+    if not ok:
+        lines = diagnose(inp, vec["expected"], call_encoded(call))
+        diff = "\n".join([*lines, f"adapter call: quantize(w=float32{w.shape} = input.w, bits={inp['bits']!r}, "
+                                   f"scheme={inp['scheme']!r})", diff])
+    return ok, diff
+
+
+def diagnose(inp: Json, expected: Json, got: Json) -> list[str]:
+    """Pin a failure to the first line of Algorithm Q it shows in (runner-level, whatever the
+    vector): the scale (``KMR.quant.scale-floor`` if the expected scale is the floor 2^-23, else
+    ``KMR.quant.scale``), then the zero point, then codes out of [qmin, qmax] (``KMR.quant.clamp``)
+    or in range (``KMR.quant.rounding``), then the dequantized values (``KMR.quant.dequant``)."""
+    if "error" in expected or not isinstance(got, dict) or "error" in got:
+        return []
+    keys = ("scale", "zp", "codes", "dequantized")
+    if any(not isinstance(got.get(k), list) or len(got[k]) != len(expected[k]) for k in keys):
+        return []
+    for i, (se, sg) in enumerate(zip(expected["scale"], got["scale"], strict=True)):
+        if se != sg:
+            clause = "KMR.quant.scale-floor" if se == "34000000" or sg == "00000000" else "KMR.quant.scale"
+            return [f"{clause}: group {i} has scale {sg}, expected {se}"]
+    for i, (ze, zg) in enumerate(zip(expected["zp"], got["zp"], strict=True)):
+        if ze != zg:
+            return [f"KMR.quant.zero-point: group {i} has zero point {zg!r}, expected {ze}"]
+    b, sym = inp["bits"], inp["scheme"] == "symmetric"
+    qmin, qmax = (-(2 ** (b - 1) - 1), 2 ** (b - 1) - 1) if sym else (0, 2**b - 1)
+    for i, (ce, cg) in enumerate(zip(expected["codes"], got["codes"], strict=True)):
+        if ce != cg:
+            bad = [c for c in cg if isinstance(c, int) and not qmin <= c <= qmax]
+            if bad:
+                return [f"KMR.quant.clamp: group {i} has codes {bad[:3]} outside [{qmin}, {qmax}]"]
+            return [f"KMR.quant.rounding: group {i} has codes {cg}, expected {ce} (same scale and zero point)"]
+    if expected["dequantized"] != got["dequantized"]:
+        return ["KMR.quant.dequant: equal codes, scale and zero point, different dequantized values"]
+    return []
 
 
 def make_runner(adapter: QuantUniformAdapter) -> VectorRunner:

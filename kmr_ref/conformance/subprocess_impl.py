@@ -44,7 +44,7 @@ class SubprocessImpl:
     def __init__(self, cmd: str, timeout: float = 60.0) -> None:
         self.cmd = cmd
         self.timeout = timeout
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(shlex.split(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._stderr)
         self._send({"op": "hello", "protocol": PROTOCOL, "spec_version": SPEC_VERSION})
@@ -52,7 +52,8 @@ class SubprocessImpl:
         if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL:
             raise ProtocolError(f"expected a {PROTOCOL} hello, got {json.dumps(hello)[:200]}")
         if hello.get("spec_version") != SPEC_VERSION:
-            raise ProtocolError(f"the program implements spec {hello.get('spec_version')!r}, the vectors are {SPEC_VERSION}")
+            raise ProtocolError(f"the program implements spec {hello.get('spec_version')!r}, "
+                                f"the vectors are {SPEC_VERSION}")
         self.name = str(hello.get("name", cmd))
         self.kinds = [str(k) for k in hello.get("kinds", [])]
         self.unsupported_features = [str(f) for f in hello.get("unsupported_features", [])]

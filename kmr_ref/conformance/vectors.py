@@ -9,9 +9,11 @@ kernels of ``kmr_ref.kernels``, ``IMPLEMENTATIONS["torch"]`` torch's own pruning
 registered lazily, so that running table-world files imports no torch. ``ADAPTER_RUNNERS[kind]``
 turns a third-party adapter (``adapters.py``) into a runner.
 
-Every vector names one **primary** clause: a failure is blamed on it alone, unless the runner's own
-checks failed (``KMR.rule.no-mutation``, ``KMR.rule.deterministic``, ``KMR.meter.cost-exact``:
-their diff lines start with the clause ID), which are then blamed instead. Results: ``pass``,
+Every vector names one **primary** clause: a failure is blamed on it alone, unless a runner-level
+check pins it to another clause (``KMR.rule.no-mutation``, ``KMR.rule.deterministic``,
+``KMR.meter.cost-exact``, and the method runners' diagnoses, e.g. an entry that is neither kept nor
++0.0 is ``KMR.prune.zero-value`` whatever vector shows it; their diff lines start with the clause
+ID). Results: ``pass``,
 ``fail``, ``skip``, ``xfail`` (listed in an implementation's expected-failures file; an
 unexpected pass fails unless not strict) and ``not-supported`` (no runner, ``NotSupported``, or a
 ``features`` tag the implementation declares it lacks).
@@ -85,12 +87,14 @@ def primary_of(vec: Mapping[str, Json]) -> str:
 
 
 def blame_of(primary: str, diff: str) -> str:
-    """The clause a failure is charged to: a runner-level check (its diff lines start with a clause
-    ID, e.g. ``KMR.rule.no-mutation: ...``) when only such checks failed, else the primary clause."""
-    lines = [x for x in diff.splitlines() if x.strip() and not x.startswith(" ") and not x.startswith("adapter call")]
-    tags = [m.group(1) for m in (_CLAUSE_LINE.match(x) for x in lines) if m]
-    if lines and len(tags) == len(lines):
-        return tags[0]
+    """The clause a failure is charged to: the vector's primary clause, unless a runner-level check
+    pinned the failure to a clause of its own (a diff line that starts with a clause ID, e.g.
+    ``KMR.rule.no-mutation: ...``, ``KMR.meter.cost-exact: ...``, or a method runner's diagnosis such
+    as ``KMR.prune.zero-value: an entry became 80000000``); the first such line wins."""
+    for line in diff.splitlines():
+        m = _CLAUSE_LINE.match(line)
+        if m:
+            return m.group(1)
     return primary
 
 
@@ -299,7 +303,8 @@ def run_vector(kind: str, vec: Mapping[str, Json], path: str | Path = "<file>", 
 
 
 def run_file(path: str | Path, ids: Sequence[str] | None = None, impl: str = "reference",
-             runners: Mapping[str, VectorRunner] | None = None, options: RunOptions | None = None) -> list[VectorResult]:
+             runners: Mapping[str, VectorRunner] | None = None,
+             options: RunOptions | None = None) -> list[VectorResult]:
     vf = load_vectors(path)
     return [run_vector(vf.kind, v, path, impl, runners, options) for v in vf if ids is None or v["id"] in ids]
 

@@ -18,7 +18,6 @@ The world of a vector (``kind: alg10``): ``initial_state``, shared ``cost`` / ``
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from typing import Any

@@ -132,7 +132,8 @@ def oracle(inp: Json) -> Json:
     for group in scope:
         n = sum(len(vals[i]) for i in group)
         k = math.floor(s * n)  # KMR.prune.count, exact
-        key = sorted((abs(vals[i][j]), tindex[i], j, i) for i in group for j in range(len(vals[i])))  # KMR.prune.tie-break
+        # KMR.prune.tie-break: (|w|, tensor index, flat index)
+        key = sorted((abs(vals[i][j]), tindex[i], j, i) for i in group for j in range(len(vals[i])))
         for _, _, j, i in key[:k]:
             out[i][j] = "00000000"  # KMR.prune.zero-value: +0.0
     cost = sum(1 for t in out for b in t if f32(b) != 0.0)  # KMR.prune.cost-meter: -0.0 is zero
@@ -319,13 +320,16 @@ def vectors() -> list[Json]:
                  [], "1/2"))
     # --- errors ----------------------------------------------------------------------------------
     err = ["KMR.rule.domain-error"]
-    v.append(vec("prune-error-nan", "KMR.prune.nonfinite", [*err, "KMR.prune.nonfinite"], "A NaN in scope: RuleInputError.",
+    v.append(vec("prune-error-nan", "KMR.prune.nonfinite",
+                 [*err, "KMR.prune.nonfinite"], "A NaN in scope: RuleInputError.",
                  [tensor("fc1.weight", [1, 2], [1.0, 2.0]), tensor("fc2.weight", [1, 2], [NAN, 1.0])], "1/2"))
-    v.append(vec("prune-error-inf-per-tensor", "KMR.prune.nonfinite", [*err, "KMR.prune.nonfinite", "KMR.prune.per-tensor"],
+    v.append(vec("prune-error-inf-per-tensor", "KMR.prune.nonfinite",
+                 [*err, "KMR.prune.nonfinite", "KMR.prune.per-tensor"],
                  "-inf in scope (scope per-tensor): RuleInputError.",
                  [tensor("fc1.weight", [1, 2], [1.0, 2.0]), tensor("fc2.weight", [1, 2], [-1.0, "ff800000"])],
                  "1/2", scope="per-tensor"))
-    v.append(vec("prune-error-inf-at-name", "KMR.prune.nonfinite", [*err, "KMR.prune.nonfinite", "KMR.prune.per-tensor-knob"],
+    v.append(vec("prune-error-inf-at-name", "KMR.prune.nonfinite",
+                 [*err, "KMR.prune.nonfinite", "KMR.prune.per-tensor-knob"],
                  "+inf in the tensor the knob names: RuleInputError.",
                  [tensor("fc1.weight", [1, 2], [1.0, 2.0]), tensor("fc2.weight", [1, 2], [INF, 1.0])], "1/2",
                  knob="sparsity@fc2.weight"))
@@ -333,9 +337,11 @@ def vectors() -> list[Json]:
                  "A prunable tensor with zero entries (shape 0 x 3): RuleInputError.",
                  [tensor("fc1.weight", [0, 3], []), tensor("fc2.weight", [1, 2], [1.0, 2.0])], "1/2"))
     kd = ["KMR.knob.domain", "KMR.knob.domain-real", "KMR.prune.knob"]
-    v.append(vec("prune-error-sparsity-above-one", "KMR.knob.domain", kd, "s = 11/10 is outside [0, 1]: KnobDomainError.",
+    v.append(vec("prune-error-sparsity-above-one", "KMR.knob.domain",
+                 kd, "s = 11/10 is outside [0, 1]: KnobDomainError.",
                  [tensor("fc.weight", [1, 2], [1.0, 2.0])], "11/10"))
-    v.append(vec("prune-error-sparsity-negative", "KMR.knob.domain", kd, "s = -1/10 is outside [0, 1]: KnobDomainError.",
+    v.append(vec("prune-error-sparsity-negative", "KMR.knob.domain",
+                 kd, "s = -1/10 is outside [0, 1]: KnobDomainError.",
                  [tensor("fc.weight", [1, 2], [1.0, 2.0])], "-1/10"))
     v.append(vec("prune-error-sparsity-bool", "KMR.knob.domain", [*kd, "KMR.exact.binary64"],
                  "A boolean is not a knob value: KnobDomainError.",

@@ -283,14 +283,18 @@ def vectors() -> list[Json]:
     ok_w: list[list[float | str]] = [[1.0, -0.5]]
     kd = ["KMR.quant.bits", "KMR.knob.domain"]
     bad = ["KMR.quant.nonfinite", "KMR.rule.domain-error"]
-    v.append(vec("quant-error-bits-1", "KMR.quant.bits", kd, "b = 1 is outside 2..16: KnobDomainError.", ok_w, 1, "symmetric"))
-    v.append(vec("quant-error-bits-17", "KMR.quant.bits", kd, "b = 17 is outside 2..16: KnobDomainError.", ok_w, 17, "asymmetric"))
-    v.append(vec("quant-error-nan", "KMR.quant.nonfinite", bad, "A NaN weight: RuleInputError.", [[1.0, "7fc00000"]], 8, "symmetric"))
+    v.append(vec("quant-error-bits-1", "KMR.quant.bits",
+                 kd, "b = 1 is outside 2..16: KnobDomainError.", ok_w, 1, "symmetric"))
+    v.append(vec("quant-error-bits-17", "KMR.quant.bits",
+                 kd, "b = 17 is outside 2..16: KnobDomainError.", ok_w, 17, "asymmetric"))
+    v.append(vec("quant-error-nan", "KMR.quant.nonfinite",
+                 bad, "A NaN weight: RuleInputError.", [[1.0, "7fc00000"]], 8, "symmetric"))
     v.append(vec("quant-error-inf", "KMR.quant.nonfinite", bad, "-inf in the second group: RuleInputError.",
                  [[1.0, 2.0], ["ff800000", 0.0]], 8, "asymmetric"))
     v.append(vec("quant-error-magnitude", "KMR.quant.magnitude", ["KMR.quant.magnitude", "KMR.rule.domain-error"],
                  "|w| = 2^127 > 2^126: RuleInputError.", [[1.0, "7f000000"]], 8, "symmetric"))
-    v.append(vec("quant-error-magnitude-next-up", "KMR.quant.magnitude", ["KMR.quant.magnitude", "KMR.rule.domain-error"],
+    v.append(vec("quant-error-magnitude-next-up", "KMR.quant.magnitude",
+                 ["KMR.quant.magnitude", "KMR.rule.domain-error"],
                  "|w| = the binary32 just above 2^126 (fe800001): RuleInputError.", [["fe800001", 1.0]], 4,
                  "asymmetric"))
     v.append(vec("quant-error-empty-group", "KMR.quant.empty", ["KMR.quant.empty", "KMR.rule.domain-error"],
