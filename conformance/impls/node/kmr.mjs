@@ -1,0 +1,272 @@
+#!/usr/bin/env node
+// A second, non-Python implementation of KMR, written from spec/ alone (no code shared with
+// kmr_ref): Algorithms 1 and 10 on table worlds (spec/kmr.md §7, §9), magnitude pruning
+// (spec/methods/pruning.md) and Algorithm Q (spec/methods/quantization.md).
+// It speaks the kit's subprocess protocol kmr-conform/1: JSON lines on stdin/stdout
+// (spec/vectors/README.md): `kmr conform --exec "node conformance/impls/node/kmr.mjs"`.
+// Exact numbers are BigInt rationals; binary32 arithmetic is Math.fround on every operation
+// (one binary64 operation rounded to binary32 equals the binary32 operation for + - * /).
+
+import { createInterface } from "node:readline";
+
+const SPEC_VERSION = "0.1.0";
+
+class KMRError extends Error {
+  constructor(clause) { super(clause); this.clause = clause; }
+}
+
+// ---- exact rationals ---------------------------------------------------------------------------
+const babs = (a) => (a < 0n ? -a : a);
+function gcd(a, b) { a = babs(a); b = babs(b); while (b) { [a, b] = [b, a % b]; } return a; }
+function frac(p, q = 1n) {
+  if (q === 0n) throw new Error("zero denominator");
+  if (q < 0n) { p = -p; q = -q; }
+  const g = gcd(p, q) || 1n;
+  return { p: p / g, q: q / g };
+}
+const cmp = (a, b) => { const d = a.p * b.q - b.p * a.q; return d < 0n ? -1 : d > 0n ? 1 : 0; };
+const sub = (a, b) => frac(a.p * b.q - b.p * a.q, a.q * b.q);
+const div = (a, b) => frac(a.p * b.q, a.q * b.p);
+const canon = (a) => (a.q === 1n ? Number(a.p) : `${a.p}/${a.q}`);
+const canonText = (a) => String(canon(a));
+const floorFrac = (a) => { let r = a.p / a.q; if (a.p < 0n && r * a.q !== a.p) r -= 1n; return r; };
+
+// a decimal literal ("0.29", "1e-7", "-12.5e3") as an exact rational
+function decimal(text) {
+  const m = /^(-?)(\d+)(?:\.(\d*))?(?:e([+-]?\d+))?$/i.exec(text);
+  if (!m) throw new Error(`not a decimal: ${text}`);
+  const digits = BigInt((m[2] || "0") + (m[3] || ""));
+  let exp = BigInt(m[4] || "0") - BigInt((m[3] || "").length);
+  let r = exp >= 0n ? frac(digits * 10n ** exp) : frac(digits, 10n ** -exp);
+  return m[1] ? frac(-r.p, r.q) : r;
+}
+
+// KMR.exact.binary64: an integer, a "p/q" string, or a binary64 (its shortest decimal: String(x))
+const RATIONAL = /^-?(0|[1-9][0-9]*)(\/[1-9][0-9]*)?$/;
+function exact(x, err) {
+  if (typeof x === "number") {
+    if (!Number.isFinite(x)) throw new KMRError(err);
+    return decimal(String(x));
+  }
+  if (typeof x === "string" && RATIONAL.test(x)) {
+    const [p, q] = x.split("/");
+    return frac(BigInt(p), BigInt(q || "1"));
+  }
+  throw new KMRError(err);
+}
+
+// the exact rational value of a binary64
+function ofDouble(x) {
+  if (x === 0) return frac(0n);
+  const buf = new DataView(new ArrayBuffer(8));
+  buf.setFloat64(0, x);
+  const hi = buf.getUint32(0), lo = buf.getUint32(4);
+  const sign = hi >>> 31 ? -1n : 1n;
+  const e = (hi >>> 20) & 0x7ff;
+  let mant = (BigInt(hi & 0xfffff) << 32n) | BigInt(lo);
+  let exp;
+  if (e === 0) { exp = -1074n; } else { mant |= 1n << 52n; exp = BigInt(e) - 1075n; }
+  return exp >= 0n ? frac(sign * mant * 2n ** exp) : frac(sign * mant, 2n ** -exp);
+}
+
+// ---- binary32 bit patterns ---------------------------------------------------------------------
+const dv = new DataView(new ArrayBuffer(4));
+function f32(hex) { dv.setUint32(0, parseInt(hex, 16)); return dv.getFloat32(0); }
+function hex32(x) { dv.setFloat32(0, x); return dv.getUint32(0).toString(16).padStart(8, "0"); }
+const fr = Math.fround;
+
+// ---- magnitude pruning -------------------------------------------------------------------------
+function treeOrder(tree, prefix = "") {
+  const out = [];
+  for (const node of tree) {
+    const path = prefix + node.name;
+    if (node.children) out.push(...treeOrder(node.children, path + "."));
+    else out.push(path + ".weight");
+  }
+  return out;
+}
+
+function prune(inp) {
+  const given = inp.tensors.map((t) => t.name);
+  // KMR.prune.tensor-order: depth-first over the module tree (default: the listed order)
+  const order = inp.tree ? treeOrder(inp.tree) : given;
+  const byName = new Map(inp.tensors.map((t) => [t.name, t]));
+  const vals = order.map((n) => byName.get(n).values.map(f32));
+  let groups;
+  if (inp.knob === "sparsity") {
+    groups = inp.scope === "global" ? [order.map((_, i) => i)] : order.map((_, i) => [i]);
+  } else if (inp.knob.startsWith("sparsity@") && order.includes(inp.knob.slice(9))) {
+    groups = [[order.indexOf(inp.knob.slice(9))]]; // KMR.prune.per-tensor-knob
+  } else {
+    throw new KMRError("KMR.knob.unknown");
+  }
+  if (typeof inp.sparsity === "boolean") throw new KMRError("KMR.knob.domain-real");
+  const s = exact(inp.sparsity, "KMR.knob.domain-real");
+  if (cmp(s, frac(0n)) < 0 || cmp(s, frac(1n)) > 0) throw new KMRError("KMR.knob.domain-real");
+  for (const g of groups) {
+    for (const i of g) {
+      if (vals[i].length === 0) throw new KMRError("KMR.prune.empty");
+      if (vals[i].some((x) => !Number.isFinite(x))) throw new KMRError("KMR.prune.nonfinite");
+    }
+  }
+  const out = order.map((n) => [...byName.get(n).values]);
+  for (const g of groups) {
+    const entries = [];
+    for (const i of g) vals[i].forEach((x, j) => entries.push([Math.abs(x), i, j]));
+    const k = Number(floorFrac(frac(s.p * BigInt(entries.length), s.q))); // KMR.prune.count, exact
+    // KMR.prune.tie-break: (|w|, tensor index, flat index), |w| compared exactly
+    entries.sort((a, b) => a[0] - b[0] || a[1] - b[1] || a[2] - b[2]);
+    for (const [, i, j] of entries.slice(0, k)) out[i][j] = "00000000"; // KMR.prune.zero-value
+  }
+  const res = new Map(order.map((n, i) => [n, out[i]]));
+  const cost = out.flat().filter((b) => f32(b) !== 0).length; // KMR.prune.cost-meter, -0.0 is zero
+  return { tensors: given.map((n) => ({ name: n, values: res.get(n) })), cost };
+}
+
+// ---- Algorithm Q -------------------------------------------------------------------------------
+function rne(x) { // round half to even
+  const r = Math.floor(x), d = x - r;
+  if (d > 0.5) return r + 1;
+  if (d < 0.5) return r;
+  return r % 2 === 0 ? r : r + 1;
+}
+const clamp = (v, lo, hi) => Math.min(Math.max(v, lo), hi);
+
+function quantize(inp) {
+  const b = inp.bits, sym = inp.scheme === "symmetric";
+  if (typeof b !== "number" || !Number.isInteger(b) || b < 2 || b > 16) throw new KMRError("KMR.quant.bits");
+  const [qmin, qmax] = sym ? [-(2 ** (b - 1) - 1), 2 ** (b - 1) - 1] : [0, 2 ** b - 1];
+  const rows = inp.w.map((r) => r.map(f32));
+  if (rows.length === 0 || rows.some((r) => r.length === 0)) throw new KMRError("KMR.quant.empty");
+  if (rows.some((r) => r.some((x) => !Number.isFinite(x)))) throw new KMRError("KMR.quant.nonfinite");
+  if (rows.some((r) => r.some((x) => Math.abs(x) > 2 ** 126))) throw new KMRError("KMR.quant.magnitude");
+  const out = { codes: [], scale: [], zp: [], dequantized: [] };
+  for (const r of rows) {
+    const lo = Math.min(...r, 0), hi = Math.max(...r, 0); // line 1
+    let s = sym ? fr(Math.max(-lo, hi) / qmax) : fr(fr(hi - lo) / qmax); // line 2
+    s = Math.max(s, 2 ** -23); // line 3
+    const inv = fr(1 / s); // line 4
+    const zp = sym ? 0 : clamp(qmin - rne(fr(lo * inv)), qmin, qmax); // line 5
+    const q = r.map((w) => clamp(rne(fr(w * inv)) + zp, qmin, qmax)); // line 6
+    out.codes.push(q);
+    out.scale.push(hex32(s));
+    out.zp.push(zp);
+    out.dequantized.push(q.map((c) => hex32(fr((c - zp) * s)))); // line 7
+  }
+  return out;
+}
+
+// ---- Algorithm 1 on a table world --------------------------------------------------------------
+function checkValue(knobs, name, value) {
+  const k = knobs.find((x) => x.name === name);
+  if (!k || typeof value === "boolean") throw new KMRError("KnobDomainError");
+  const v = exact(value, "KnobDomainError");
+  const d = k.domain;
+  let ok;
+  if (d.type === "finite") ok = d.values.some((u) => cmp(exact(u, "KnobDomainError"), v) === 0);
+  else if (d.type === "int") ok = v.q === 1n && v.p >= BigInt(d.lo) && v.p <= BigInt(d.hi);
+  else ok = cmp(exact(d.lo, "KnobDomainError"), v) <= 0 && cmp(v, exact(d.hi, "KnobDomainError")) <= 0;
+  if (!ok) throw new KMRError("KnobDomainError");
+  return v;
+}
+
+function alg1(inp) {
+  const cost = (st) => exact(inp.cost[String(st)], "MeterError");
+  const quality = (st) => (inp.quality === null ? null : inp.quality[String(st)]);
+  const rule = (st, knob, v) => {
+    const next = (inp.transitions[String(st)] || {})[`${knob}=${canonText(v)}`];
+    return next === undefined ? st : next;
+  };
+  const policy = (st, c, q, t) => {
+    const pol = inp.policy;
+    if (pol.type === "scheduled") return t < pol.schedule.length ? pol.schedule[t] : null;
+    let best = null;
+    for (const cand of pol.candidates) { // KMR.policy.greedy: score, then decrease, then earliest
+      const v = checkValue(inp.knobs, cand.knob, cand.value);
+      const s2 = rule(st, cand.knob, v), c2 = cost(s2);
+      if (cmp(c2, c) >= 0) continue;
+      const dc = sub(c, c2), q2 = quality(s2);
+      const score = q === null || q2 === null ? frac(0n) : div(sub(ofDouble(q2), ofDouble(q)), dc);
+      if (best === null || cmp(score, best.score) > 0 || (cmp(score, best.score) === 0 && cmp(dc, best.dc) > 0)) {
+        best = { score, dc, cand };
+      }
+    }
+    return best === null ? null : best.cand;
+  };
+  if (typeof inp.budget === "boolean") throw new KMRError("BudgetError");
+  const B = exact(inp.budget, "BudgetError"); // line 0
+  const N = inp.max_steps;
+  if (typeof N !== "number" || !Number.isInteger(N) || N < 0) throw new KMRError("BudgetError");
+  let st = inp.initial_state, c = cost(st), q = quality(st), t = 0, status = null; // line 1
+  const trace = [];
+  while (cmp(c, B) > 0) { // line 2
+    if (t === N) { status = "step-limit"; break; } // line 3
+    const p = policy(st, c, q, t); // line 4
+    if (p === null) { status = "policy-stop"; break; } // line 5
+    const v = checkValue(inp.knobs, p.knob, p.value); // line 6
+    const s2 = rule(st, p.knob, v), c2 = cost(s2), q2 = quality(s2); // lines 7-8
+    const rec = { t, knob: p.knob, value: canon(v), cost_before: canon(c), cost: canon(c2), quality: q2 };
+    if (cmp(c2, c) < 0) { // line 9
+      trace.push({ ...rec, accepted: true, reason: "accepted" });
+      st = s2; c = c2; q = q2;
+    } else {
+      trace.push({ ...rec, accepted: false, reason: "not-strictly-lower" });
+      status = "stalled";
+      break;
+    }
+    t += 1;
+  }
+  if (cmp(c, B) <= 0) status = "feasible";
+  return { status, final_state: st, final_cost: canon(c), final_quality: q, trace };
+}
+
+// ---- Algorithm 10: phases, each Algorithm 1 from the last accepted state (spec/kmr.md §9) -------
+function alg10(inp) {
+  if (typeof inp.budget === "boolean") throw new KMRError("BudgetError");
+  const B = exact(inp.budget, "BudgetError");
+  const N = inp.max_steps;
+  if (typeof N !== "number" || !Number.isInteger(N) || N < 0) throw new KMRError("BudgetError");
+  const cost = (st) => exact(inp.cost[String(st)], "MeterError");
+  let st = inp.initial_state, used = 0, c = cost(st);
+  let status = cmp(c, B) <= 0 ? "feasible" : "policy-stop";
+  const trace = [], phases = [];
+  for (const ph of inp.phases) {
+    if (cmp(c, B) <= 0 || used === N) break; // KMR.alg10.skip
+    const res = alg1({ knobs: ph.knobs, initial_state: st, transitions: ph.transitions, cost: inp.cost,
+                       quality: inp.quality, policy: ph.policy, budget: inp.budget, max_steps: N - used });
+    for (const r of res.trace) trace.push({ ...r, t: r.t + used, phase: ph.name });
+    used += res.trace.filter((r) => r.accepted).length;
+    phases.push({ name: ph.name, status: res.status, steps: res.trace.length });
+    st = res.final_state; status = res.status; c = cost(st);
+  }
+  if (cmp(c, B) <= 0) status = "feasible";
+  else if (used === N) status = "step-limit";
+  return { status, final_state: st, final_cost: canon(c),
+           final_quality: inp.quality === null ? null : inp.quality[String(st)], phases, trace };
+}
+
+// ---- the protocol ------------------------------------------------------------------------------
+const KINDS = { "alg1": alg1, "alg10": alg10, "prune-magnitude": prune, "quant-uniform": quantize };
+const send = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });
+rl.on("line", (line) => {
+  if (!line.trim()) return;
+  const msg = JSON.parse(line);
+  if (msg.op === "hello") {
+    send({ op: "hello", protocol: "kmr-conform/1", name: "kmr-node", spec_version: SPEC_VERSION,
+           kinds: Object.keys(KINDS), unsupported_features: [] });
+  } else if (msg.op === "run") {
+    const fn = KINDS[msg.kind];
+    if (!fn) { send({ op: "result", id: msg.id, not_supported: `kind ${msg.kind}` }); return; }
+    let output;
+    try {
+      output = fn(msg.input);
+    } catch (e) {
+      if (!(e instanceof KMRError)) throw e;
+      output = { error: e.clause };
+    }
+    send({ op: "result", id: msg.id, output });
+  } else if (msg.op === "bye") {
+    rl.close();
+  }
+});
