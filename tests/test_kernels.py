@@ -184,6 +184,74 @@ def test_prune_large_tensor_many_chunks() -> None:
         _check_prune(ts, k, None)
 
 
+def _band_spy(monkeypatch: pytest.MonkeyPatch, band: object = None) -> list[str]:
+    """Record which path prune_global takes; with ``band``, force that sampled band."""
+    from kmr_ref.kernels import prune_select as ps
+
+    seen: list[str] = []
+    real_write, real_band = ps._write_band, ps._sampled_band
+
+    def write(*a: object, **kw: object) -> object:
+        try:
+            out = real_write(*a, **kw)  # type: ignore[arg-type]
+        except ps._BandMiss:
+            seen.append("miss")
+            raise
+        seen.append("band")
+        return out
+
+    def sampled(p: object, k: int, sample: int) -> object:
+        got = real_band(p, k, sample)  # type: ignore[arg-type]
+        if band is not None and got is not None:
+            dt = got[0].dtype
+            return tuple(torch.tensor(v, dtype=dt) for v in band)  # type: ignore[union-attr]
+        return got
+
+    monkeypatch.setattr(ps, "_write_band", write)
+    monkeypatch.setattr(ps, "_sampled_band", sampled)
+    return seen
+
+
+@given(st.sampled_from(FLOATS), st.sampled_from(FLOATS), st.integers(0, 2**31 - 1), st.floats(0, 1),
+       st.sampled_from([64, 512, 4096]), st.sampled_from([1, 2]))
+def test_prune_band_path(dt0: torch.dtype, dt1: torch.dtype, seed: int, frac: float, sample: int,
+                         workers: int) -> None:
+    """KMR.prune.tie-break, KMR.prune.count, KMR.prune.zero-value: the one-pass path (a sampled band,
+    one hardshrink write, the band's entries selected afterwards) on mixed dtypes with duplicated
+    magnitudes across tensors, denormals and zeros; equal to the reference whether the band holds
+    the k-th entry or misses it (then the exact path runs)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(40, 50, generator=g)
+    a[::7] = 0.5  # ties across rows and tensors
+    b = torch.randn(3000, generator=g) * torch.tensor([1.0, 1e-40, 1e3])[torch.randint(3, (3000,), generator=g)]
+    b[::5] = -0.5
+    b[::11] = 0.0
+    ts = [a.to(dt0), b.to(dt1), torch.full((7,), -0.5).to(dt0)]
+    n = sum(t.numel() for t in ts)
+    k = int(frac * n)
+    want = ref_prune.magnitude_masks(ts, k)
+    got = prune_global(ts, k, sample=sample, workers=workers)
+    for t, o, keep in zip(ts, got, want, strict=True):
+        assert _bits(o) == _bits(ref_prune.apply_mask(t, keep))
+        assert (o is t) == bool(keep.all())
+
+
+def test_prune_band_taken_and_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KMR.prune.tie-break: on a Gaussian model the one-pass band path is taken; a band that misses
+    the k-th entry (too high, too low) falls back to the exact path with the same result."""
+    g = torch.Generator().manual_seed(5)
+    ts = [torch.randn(300, 400, generator=g), torch.randn(50_000, generator=g) * 0.5]
+    k = 120_000
+    want = [ref_prune.apply_mask(t, m) for t, m in zip(ts, ref_prune.magnitude_masks(ts, k), strict=True)]
+    seen = _band_spy(monkeypatch)
+    assert [_bits(o) for o in prune_global(ts, k)] == [_bits(w) for w in want]
+    assert seen == ["band"]
+    for bad in ((3.0, 4.0), (1e-3, 2e-3)):
+        seen = _band_spy(monkeypatch, bad)
+        assert [_bits(o) for o in prune_global(ts, k)] == [_bits(w) for w in want]
+        assert seen == ["miss"]
+
+
 def test_prune_bad_input() -> None:
     """KMR.prune.count and KMR.prune.dtype: k outside [0, n] and integer tensors are refused."""
     t = torch.ones(4)

@@ -17,20 +17,22 @@ the ops; the host only launches them).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 
-__all__ = ["Scratch", "cache_bytes", "chunk_entries", "intra_op_threads", "map_chunks", "workers_for"]
+__all__ = ["Scratch", "cache_bytes", "chunk_entries", "intra_op_threads", "map_chunks", "one_thread", "workers_for"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 def _size(text: str) -> int:
@@ -107,7 +109,8 @@ def workers_for(device: torch.device, workers: int | None = None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores))
+    threads = getattr(_caller, "threads", None) or torch.get_num_threads()
+    return max(1, min(threads, cores))
 
 
 @contextmanager
@@ -121,6 +124,27 @@ def intra_op_threads(n: int) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != old or old != n:
             torch.set_num_threads(old)
+
+
+_caller = threading.local()
+
+
+def one_thread(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run a kernel entry point with one intra-op thread (restored after): its glue ops between
+    the passes are small, and small multi-threaded ops are what a busy machine punishes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        outer = getattr(_caller, "threads", None)
+        if outer is None:  # the outermost entry point: remember the caller's count for workers_for
+            _caller.threads = torch.get_num_threads()
+        try:
+            with intra_op_threads(1):
+                return fn(*args, **kwargs)
+        finally:
+            _caller.threads = outer
+
+    return wrapper
 
 
 class Scratch:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
-from kmr_ref.kernels.parallel import Scratch, chunk_entries, map_chunks, workers_for
+from kmr_ref.kernels.parallel import Scratch, chunk_entries, map_chunks, one_thread, workers_for
 
 __all__ = ["Selection", "magnitude_masks", "prune_global", "prune_global_", "select_threshold"]
 
@@ -210,6 +210,7 @@ def _radix(p: _Plan, k: int, top_counts: torch.Tensor) -> Selection:
     return Selection(k, p.n, p.key_dtype, prefix, below, ties)
 
 
+@one_thread
 def select_threshold(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None,
                      workers: int | None = None) -> Selection:
     """``KMR.prune.count`` / ``KMR.prune.tie-break``: the exact key of the k-th smallest |w| over
@@ -274,21 +275,7 @@ def _write_collect(p: _Plan, least: list[int], b: int, quota: int, sink: Sink, f
     got, _ = map_chunks(write, items, p.workers)
     touched = [i in set(which) and least[i] < b for i in range(len(p.tensors))]
     keys = torch.cat([g[1] for g in got])
-    # KMR.prune.tie-break: the chunks are in (tensor, flat index) order, so the bucket is too; its
-    # first `quota` entries by (|w|, position): all with key < v*, then the first ties of v*
-    v = int(torch.kthvalue(keys.cpu(), quota).values)
-    lt = keys < v
-    eq = keys == v
-    sel = lt.logical_or_(eq.logical_and_(torch.cumsum(eq, 0) <= quota - int(lt.sum())))
-    chosen = sel.nonzero().view(-1)
-    locs = torch.cat([g[0] for g in got])[chosen]
-    sizes = torch.tensor([g[0].numel() for g in got], dtype=torch.int64, device=keys.device)
-    owner = torch.repeat_interleave(torch.tensor([i for i, _, _ in items], dtype=torch.int64,
-                                                 device=keys.device), sizes)[chosen]
-    tids, per = torch.unique_consecutive(owner, return_counts=True)
-    for i, part in zip(tids.tolist(), torch.split(locs, per.tolist()), strict=True):
-        fix(i, part)
-        touched[i] = True
+    _prune_first(keys, quota, [g[0] for g in got], [it[0] for it in items], fix, touched)
     return touched
 
 
@@ -332,6 +319,118 @@ def _write_ties(p: _Plan, which: list[int], sel: Selection, sink: Sink) -> list[
     return touched
 
 
+_SAMPLE = 1 << 17  # sampled entries that place the band; its width ~ 10 sqrt(f (1 - f) / sample)
+_Z = 5.0  # band half-width in standard deviations of the sampled rank (a miss only costs time)
+
+
+class _BandMiss(Exception):
+    """The sampled band did not hold the k-th entry, or grew too large: take the exact path."""
+
+
+def _largest_below(v: torch.Tensor, dtype: torch.dtype, strict: bool) -> float:
+    """The largest non-negative value of ``dtype`` that is < v (``strict``) or <= v, for v > 0 a
+    0-d tensor in the key dtype; -1.0 when there is none (hardshrink then zeroes nothing)."""
+    c = v.to(dtype)  # round to nearest; at most one step above v
+    if (c.to(v.dtype) >= v) if strict else (c.to(v.dtype) > v):
+        if float(c) == 0.0:
+            return -1.0
+        c = (c.view(_INT_OF[dtype]) - 1).view(dtype)  # the predecessor of a positive float
+    return float(c)
+
+
+def _sampled_band(p: _Plan, k: int, sample: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """|w| bounds (lo, hi) in the key dtype such that, with high probability, the k-th smallest
+    entry lies in [lo, hi], from a seeded uniform sample; None when the band would start at 0 or
+    hold more than a quarter of the sample (the exact path is better there)."""
+    s = min(sample, p.n)
+    g = torch.Generator().manual_seed(20250814)
+    # a uniform sample with replacement, drawn tensor by tensor: multinomial counts, then positions
+    ends = torch.tensor([f.numel() for f in p.flats], dtype=torch.int64).cumsum(0)
+    owner = torch.searchsorted(ends, torch.randint(p.n, (s,), generator=g), right=True)
+    counts = torch.bincount(owner, minlength=len(p.flats))
+    vals = []
+    for i, c in enumerate(counts.tolist()):
+        if c:
+            local = torch.randint(p.flats[i].numel(), (c,), generator=g).to(p.device)
+            vals.append(p.flats[i][local].to(p.key_dtype).abs())
+    sv = torch.cat(vals)
+    f = k / p.n
+    j = f * s
+    half = _Z * (s * f * (1 - f)) ** 0.5 + 4
+    jl, jh = int(j - half) - 1, int(j + half) + 1
+    if jl < 0 or (jh - jl) > s / 4:
+        return None
+    lo = torch.kthvalue(sv.cpu(), jl + 1).values
+    hi = torch.kthvalue(sv.cpu(), jh + 1).values if jh < s else torch.tensor(float("inf"), dtype=p.key_dtype)
+    if float(lo) == 0.0:
+        return None
+    return lo, hi
+
+
+def _write_band(p: _Plan, k: int, band: tuple[torch.Tensor, torch.Tensor], sink_out: Callable[[int], torch.Tensor],
+                fix: Fix, limit: int) -> list[bool]:
+    """One pass: every chunk is written with |w| < lo pruned (one ``hardshrink``, which writes +0.0
+    and keeps every other bit), and the band lo <= |w| <= hi is collected (positions and values);
+    then the first ``k - below`` entries of the band by (|w|, tensor index, flat index) are pruned.
+    Raises :class:`_BandMiss` when the band does not hold the k-th entry or exceeds ``limit``."""
+    lo, hi = band
+    lam_lo = {dt: _largest_below(lo, dt, strict=True) for dt in {t.dtype for t in p.tensors}}
+    lam_hi = {dt: (_largest_below(hi, dt, strict=False) if bool(torch.isfinite(hi)) else float("inf"))
+              for dt in lam_lo}
+    collected = [0]
+
+    def write(it: Item, s: Scratch) -> tuple[int, torch.Tensor, torch.Tensor]:
+        i, a0, a1 = it
+        x = p.flats[i][a0:a1]
+        o = sink_out(i)[a0:a1]
+        torch.ops.aten.hardshrink.out(x, lam_lo[x.dtype], out=o)  # KMR.prune.zero-value: +0.0 below lo
+        ints = _INT_OF[x.dtype]  # count and find on integer views: +0.0 is the only zero written
+        kept = int(torch.count_nonzero(o.view(ints)))  # |w| >= lo > 0: never zero
+        u = s.buf("u", a1 - a0, x.dtype, p.device, p.chunk)
+        if lam_hi[x.dtype] == float("inf"):
+            u.zero_()
+        else:
+            torch.ops.aten.hardshrink.out(o, lam_hi[x.dtype], out=u)  # |w| > hi
+        idx = torch.sub(o, u, out=u).view(ints).nonzero().view(-1)  # x - 0 = x in the band, x - x = +0 above
+        collected[0] += idx.numel()  # read by every worker: only an early stop, never a result
+        if collected[0] > limit:
+            raise _BandMiss
+        vals = x[idx]
+        return kept, idx.add_(a0), vals
+
+    items = p.items()
+    got, _ = map_chunks(write, items, p.workers)
+    below = p.n - sum(g[0] for g in got)
+    band_n = sum(g[1].numel() for g in got)
+    if not below < k <= below + band_n:
+        raise _BandMiss
+    keys = torch.cat([torch.bitwise_and(g[2].to(p.key_dtype).view(p.int_dtype), p.sign_clear).to(torch.int64)
+                      for g in got])
+    touched = [False] * len(p.tensors)
+    for (i, a0, a1), g in zip(items, got, strict=True):
+        touched[i] = touched[i] or g[0] < a1 - a0  # something below lo
+    _prune_first(keys, k - below, [g[1] for g in got], [it[0] for it in items], fix, touched)
+    return touched
+
+
+def _prune_first(keys: torch.Tensor, quota: int, locs: list[torch.Tensor], owners: list[int], fix: Fix,
+                 touched: list[bool]) -> None:
+    """KMR.prune.tie-break: of the collected entries (in (tensor, flat index) order, chunk by chunk),
+    prune the first ``quota`` by (|w| key, position): all keys < v*, then the first ties of v*."""
+    v = int(torch.kthvalue(keys.cpu(), quota).values)
+    lt = keys < v
+    eq = keys == v
+    sel = lt.logical_or_(eq.logical_and_(torch.cumsum(eq, 0) <= quota - int(lt.sum())))
+    chosen = sel.nonzero().view(-1)
+    flat_locs = torch.cat(locs)[chosen]
+    sizes = torch.tensor([t.numel() for t in locs], dtype=torch.int64, device=keys.device)
+    owner = torch.repeat_interleave(torch.tensor(owners, dtype=torch.int64, device=keys.device), sizes)[chosen]
+    tids, per = torch.unique_consecutive(owner, return_counts=True)
+    for i, part in zip(tids.tolist(), torch.split(flat_locs, per.tolist()), strict=True):
+        fix(i, part)
+        touched[i] = True
+
+
 def _check_k(tensors: Sequence[torch.Tensor], k: int) -> int:
     n = sum(t.numel() for t in tensors)
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
@@ -339,6 +438,7 @@ def _check_k(tensors: Sequence[torch.Tensor], k: int) -> int:
     return n
 
 
+@one_thread
 def magnitude_masks(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None,
                     bucket_limit: int | None = None, workers: int | None = None) -> list[torch.Tensor]:
     """Keep-masks equal to :func:`kmr_ref.methods.pruning.magnitude_masks` (``KMR.prune.tie-break``)."""
@@ -359,8 +459,10 @@ def magnitude_masks(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | Non
     return masks
 
 
-def prune_global(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None, bucket_limit: int | None = None,
-                 workers: int | None = None) -> list[torch.Tensor]:
+@one_thread
+def prune_global(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None,
+                 bucket_limit: int | None = None, workers: int | None = None,
+                 sample: int | None = None) -> list[torch.Tensor]:
     """The pruned tensors: equal, bit for bit, to ``apply_mask(t, keep)`` with the reference masks
     (``KMR.prune.zero-value``: pruned -> +0.0, kept entries keep their bits).
 
@@ -369,7 +471,8 @@ def prune_global(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None =
     The inputs are never modified. ``workers``: threads (default: torch's thread count, at most
     the cores this process may use); ``chunk``: entries per chunk (default from the cache size);
     ``bucket_limit``: the most bucket entries collected before the radix fallback (default
-    max(2^16, n/128))."""
+    max(2^16, n/128)); ``sample``: entries sampled to place the band of the one-pass path
+    (default 2^17; 0: always the histogram path)."""
     _check_k(tensors, k)
     if k == 0:
         return list(tensors)
@@ -389,10 +492,19 @@ def prune_global(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None =
     def fix(i: int, locs: torch.Tensor) -> None:
         out(i).index_fill_(0, locs, 0.0)  # KMR.prune.zero-value: +0.0
 
+    band = _sampled_band(p, k, _SAMPLE if sample is None else sample) if sample != 0 else None
+    if band is not None:
+        try:
+            touched = _write_band(p, k, band, out, fix, max(1 << 16, p.n // 32))
+            return [outs[i].view(t.shape) if hit else t
+                    for i, (t, hit) in enumerate(zip(tensors, touched, strict=True))]
+        except _BandMiss:
+            outs.clear()  # the exact path writes every tensor it returns afresh
     touched = _select_and_write(p, k, sink, fix, bucket_limit)
     return [outs[i].view(t.shape) if hit else t for i, (t, hit) in enumerate(zip(tensors, touched, strict=True))]
 
 
+@one_thread
 def prune_global_(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None = None, bucket_limit: int | None = None,
                   workers: int | None = None) -> list[bool]:
     """In place (for practitioners who own their tensors; the rule never calls this): the same
