@@ -257,6 +257,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--xfail", action="append", default=[], metavar="FILE",
                     help="expected failures: one vector id (or fnmatch pattern) per line, '# reason' after it")
     ap.add_argument("--no-strict", action="store_true", help="an expected failure that passes is not a failure")
+    ap.add_argument("--no-builtin-xfail", action="store_true",
+                    help="ignore the expected-failures file shipped with a built-in implementation (torch.xfail)")
     ap.add_argument("--list", action="store_true", help="list the selected vectors (id, primary clause, features)")
     ap.add_argument("--show", action="store_true", help="print each selected vector's input, expected and result")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -324,8 +326,9 @@ def _main(a: argparse.Namespace) -> int:
         impl_args = ["--impl", a.impl]
     impl_args += [x for f in a.unsupported for x in ("--unsupported-feature", f)]
     xfail = XFail(strict=not a.no_strict)
-    if runners is None and a.impl in BUILTIN_XFAIL:
-        xfail = xfail + XFail.load(Path(__file__).parent / BUILTIN_XFAIL[a.impl], strict=not a.no_strict)
+    builtin = Path(__file__).parent / BUILTIN_XFAIL.get(a.impl, "-")
+    if runners is None and not a.no_builtin_xfail and builtin.is_file():
+        xfail = xfail + XFail.load(builtin, strict=not a.no_strict)
     for xf in a.xfail:
         try:
             xfail = xfail + XFail.load(xf, strict=not a.no_strict)
