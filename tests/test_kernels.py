@@ -317,11 +317,12 @@ def matrices(draw: st.DrawFn) -> torch.Tensor:
     return w
 
 
-def _check_quant(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme, chunk: int | None) -> None:
+def _check_quant(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme, chunk: int | None,
+                 workers: int | None = None) -> None:
     codes, scale, zp = ref_quant.quantize_groups(w, bits, scheme)
     dq = ref_quant.dequantize_groups(codes, scale, zp)
     before = _bits(w)
-    fq = quantize_groups(w, bits, scheme, chunk=chunk)
+    fq = quantize_groups(w, bits, scheme, chunk=chunk, workers=workers)
     assert fq.codes.dtype == codes_dtype(bits, scheme)
     assert torch.equal(fq.codes.to(torch.int32), codes)  # KMR.quant.rounding, KMR.quant.clamp
     assert _bits(fq.scale) == _bits(scale)  # KMR.quant.scale, KMR.quant.scale-floor
@@ -331,13 +332,13 @@ def _check_quant(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme, chunk: in
 
 
 @given(matrices(), st.integers(2, 16), st.sampled_from(["symmetric", "asymmetric"]),
-       st.sampled_from([1, 2, 7, 64, None]))
+       st.sampled_from([1, 2, 7, 64, None]), st.sampled_from([None, 1, 2, 3]))
 def test_quant_kernel_equals_reference(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme,
-                                       chunk: int | None) -> None:
+                                       chunk: int | None, workers: int | None) -> None:
     """KMR.quant.range, KMR.quant.scale, KMR.quant.scale-floor, KMR.quant.zero-point,
     KMR.quant.rounding (half to even), KMR.quant.clamp, KMR.quant.dequant: bit for bit, any block size
-    (rows per block, or a row split over several blocks when chunk < L)."""
-    _check_quant(w, bits, scheme, chunk)
+    (rows per block, or a row split over several blocks when chunk < L), any number of workers."""
+    _check_quant(w, bits, scheme, chunk, workers)
 
 
 def test_quant_negative_zero_trap() -> None:
