@@ -7,3 +7,12 @@ torch; ``kmr_ref.methods`` holds the torch instantiations written as the spec st
 
 SPEC_VERSION = "0.1.0"
 __version__ = "0.1.0"
+
+
+def load(run_dir: object, model: object = None) -> object:
+    """``KMR.compress.load``: the compressed model of a ``kmr compress`` run directory (an
+    ``nn.Module``); see :func:`kmr_ref.compress.artifacts.load`. Imported lazily, so that
+    ``import kmr_ref.core`` stays free of torch."""
+    from kmr_ref.compress.artifacts import load as _load
+
+    return _load(run_dir, model)  # type: ignore[arg-type]

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+import kmr_ref
 from kmr_ref.cli import compress_cmd
 from kmr_ref.compress import (
     CompressConfig,
@@ -194,16 +195,17 @@ def test_kernel_option_is_bit_equal() -> None:
 # Outputs and the caller's model
 
 
-def check_outputs(rep: CompressReport, out: Path) -> dict[str, Any]:
+def check_outputs(rep: CompressReport, out: Path, base: nn.Module) -> dict[str, Any]:
+    """KMR.compress.outputs KMR.compress.load: the trace, the report, and a model that reloads
+    (from the base model) to the returned model's exact bytes and storage."""
     lines = [json.loads(s) for s in (out / "trace.jsonl").read_text().splitlines()]
     report = json.loads((out / "report.json").read_text())
     assert lines == report["steps"] == rep.step_json()
     assert len(lines) == len(rep.steps)
-    saved = load_file(str(out / "model.safetensors"))
-    sd = rep.model.state_dict()
-    assert sorted(saved) == sorted(sd)
-    for k, v in sd.items():
-        assert saved[k].dtype == v.dtype and torch.equal(saved[k], v), k
+    back = kmr_ref.load(out, model=base)
+    assert isinstance(back, nn.Module)
+    assert state_bytes(back) == state_bytes(rep.model)
+    assert composed_storage_bits(back) == composed_storage_bits(rep.model)
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
     return dict(report)
 
@@ -217,9 +219,11 @@ def test_outputs(tmp_path: Path) -> None:
                                  PhaseConfig(QuantizeMethod(scheme="asymmetric"), ScheduledConfig((8,)))),
                          meter="composed_storage_bits", budget_fraction="1/4", max_steps=10)
     rep = compress(m, cfg, quality=out_quality(x, m), out_dir=tmp_path / "out")
-    report = check_outputs(rep, tmp_path / "out")
+    report = check_outputs(rep, tmp_path / "out", m)
     assert set(report) == {"kmr_spec", "status", "meter", "unit", "budget", "initial", "final", "accepted_steps",
-                           "phases", "steps", "config", "outputs", "seconds"}
+                           "resumed_steps", "phases", "steps", "config", "outputs", "seconds"}
+    assert set(report["outputs"]["files"]) == {"run.json", "trace.jsonl", "manifest.json", "model.safetensors",
+                                               "report.json"}
     assert report["status"] == rep.status.value
     assert Fraction(str(report["budget"])) == Fraction(1, 4) * rep.cost_initial
     assert [p["name"] for p in report["phases"]] == [p.name for p in rep.phases]
@@ -241,7 +245,8 @@ def test_caller_model_untouched(tmp_path: Path) -> None:
 
     for method, vals in ((PruneMethod(), ("1/2",)), (QuantizeMethod(), (4,)), (StructuredMethod(), ("1/2",)),
                          (LowRankMethod(), ("1/2",))):
-        cfg = CompressConfig(phases=(PhaseConfig(method, ScheduledConfig(vals)),), meter="params", budget=0)
+        cfg = CompressConfig(phases=(PhaseConfig(method, ScheduledConfig(vals)),), meter="composed_storage_bits",
+                             budget=0)
         compress(m, cfg, quality=q, out_dir=tmp_path / method.method)
     assert state_bytes(m) == before and [id(p) for p in m.parameters()] == params
     assert all(mod.training for mod in m.modules())
@@ -258,7 +263,7 @@ def test_existing_results_refused(tmp_path: Path) -> None:
     assert e.value.clause == "KMR.compress.outputs"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
     rep = compress(mlp(), prune_cfg(("1/4",)), out_dir=out, overwrite=True)
-    check_outputs(rep, out)
+    check_outputs(rep, out, mlp())
     assert len(rep.steps) == 1
     weights = out / "model.safetensors"
     with pytest.raises(ConfigError) as e:
@@ -320,18 +325,19 @@ def test_config_errors_name_their_clause(path: str, value: Any, clause: str, wor
 
 
 def build_errors() -> list[tuple[CompressConfig, dict[str, Any], str, str]]:
-    def one(method: Any, policy: Any, meter: str = "params") -> CompressConfig:
+    def one(method: Any, policy: Any, meter: str = "composed_storage_bits") -> CompressConfig:
         return CompressConfig(phases=(PhaseConfig(method, policy),), meter=meter, budget=0)
 
     return [
         (one(PruneMethod(), GreedyConfig()), {}, "KMR.compress.policies", "quality"),
-        (one(PruneMethod(), ScheduledConfig(("1/2",)), meter="macs"), {}, "KMR.compress.meters", "example input"),
+        (one(StructuredMethod(), ScheduledConfig(("1/2",)), meter="macs"), {}, "KMR.compress.meters",
+         "example input"),
         (one(PruneMethod(), ScheduledConfig(("1/2",), knob="sparsity@9.weight")), {}, "KMR.compress.policies",
          "unknown knob"),
         (one(PruneMethod(), ScheduledConfig(("3/2",))), {}, "KMR.compress.policies", "outside"),
         (one(QuantizeMethod(), ScheduledConfig((1,))), {}, "KMR.compress.policies", "bits"),
-        (one(QuantizeMethod(), GreedyConfig()), {"quality": lambda m: 0.0}, "KMR.compress.policies",
-         "no per-layer"),
+        (one(QuantizeMethod(), GreedyConfig(("bits@0.bias",))), {"quality": lambda m: 0.0},
+         "KMR.compress.policies", "unknown knob"),
         (one(LowRankMethod(), GreedyConfig(("rank",))), {"quality": lambda m: 0.0}, "KMR.compress.policies",
          "grid"),
         (one(PruneMethod(), ScheduledConfig(("1/2",))), {"quality": 3}, "KMR.compress.config", "callable"),
@@ -380,7 +386,7 @@ def quality(model):
     return -float(model(torch.ones(2, 6)).abs().sum())
 def interrupting_quality(model):
     CALLS[0] += 1
-    if CALLS[0] == 4:
+    if CALLS[0] == 3:
         raise KeyboardInterrupt
     return 0.0
 def example():
@@ -403,7 +409,7 @@ max_steps = 10
 out_dir = "out"
 
 [[phases]]
-method = "prune"
+method = "structured"
 policy = {{ type = "greedy", knobs = "per-layer" }}
 
 [[phases]]
@@ -441,12 +447,14 @@ def test_toml_round_trip(tmp_path: Path, factory: str, monkeypatch: pytest.Monke
     model = load_model(cfg)
     assert state_bytes(model) == state_bytes(mlp())
     rep = compress(model, cfg)
-    check_outputs(rep, tmp_path / "out")
-    # MACs: pruning lowers none (the greedy phase stops at once), rank 2 reaches 28 + 24 <= 80 x 2/3
-    assert [(p.name, p.status) for p in rep.phases] == [("prune", Status.POLICY_STOP), ("svd", Status.FEASIBLE)]
+    check_outputs(rep, tmp_path / "out", mlp())
+    # MACs: the first rung (1/20 of 8 hidden channels) removes none, so the greedy phase stops at
+    # once; rank 2 reaches 2 x (28 + 24) <= 80 x 2 x 2/3
+    assert [(p.name, p.status) for p in rep.phases] == [("structured", Status.POLICY_STOP),
+                                                         ("svd", Status.FEASIBLE)]
     assert rep.cost_final == linear_macs(rep.model, 2) == 2 * (28 + 24) and rep.status is Status.FEASIBLE
     mod = sys.modules[factory]
-    py = CompressConfig(phases=(PhaseConfig(PruneMethod(), GreedyConfig("per-layer")),
+    py = CompressConfig(phases=(PhaseConfig(StructuredMethod(), GreedyConfig("per-layer")),
                                 PhaseConfig(LowRankMethod(), ScheduledConfig((3, 2), knob="rank"), name="svd")),
                         meter="macs", budget_fraction="2/3", max_steps=10)
     rep_py = compress(mlp(), py, quality=mod.quality, example_input=mod.example())
@@ -514,7 +522,7 @@ def test_cli(tmp_path: Path, factory: str) -> None:
 # Interrupts
 
 
-@pytest.mark.parametrize("n", [3, 4, 5])
+@pytest.mark.parametrize("n", [2, 3, 4])
 def test_interrupt_in_the_loop(n: int, tmp_path: Path) -> None:
     """KMR.compress.interrupt: a quality function raising KeyboardInterrupt on its n-th call ends
     the run with the last accepted model; report and model are still written."""
@@ -528,7 +536,7 @@ def test_interrupt_in_the_loop(n: int, tmp_path: Path) -> None:
 
     rep = compress(mlp(), prune_cfg(budget_fraction="1/10"), quality=q, out_dir=tmp_path / "out")
     assert rep.status in (Status.INTERRUPTED, Status.FEASIBLE)
-    report = check_outputs(rep, tmp_path / "out")
+    report = check_outputs(rep, tmp_path / "out", mlp())
     assert report["status"] == rep.status.value
     acc = [r for r in rep.steps if r.accepted]
     assert np_nonzeros(rep.model) == rep.cost_final == (acc[-1].cost_after if acc else 92)
@@ -557,7 +565,7 @@ def test_interrupt_between_phases(tmp_path: Path) -> None:
     assert np_nonzeros(rep.model) == 92 - 20
     assert rep.quality_initial == 0.0 and rep.quality_final == 0.0
     assert rep.cost_final == rep.steps[-1].cost_after == composed_storage_bits(rep.model)
-    report = check_outputs(rep, tmp_path / "out")
+    report = check_outputs(rep, tmp_path / "out", mlp())
     assert report["phases"][1]["status"] == "interrupted"
 
 
@@ -574,7 +582,7 @@ def test_cli_user_code_error_exit_code(tmp_path: Path, factory: str) -> None:
     """KMR.compress.exit-code: an exception from the user's quality function exits 3 (not 1, which
     means "ended above the budget"), with the error on stderr; the streamed trace is kept."""
     toml = write_toml(tmp_path, factory, **{":quality": ":failing_quality"})
-    rc, out, err = run_cli(["compress", str(toml)])
+    rc, out, err = run_cli(["compress", str(toml), "--json"])
     assert rc == 3 and "RuntimeError: evaluation crashed" in err and out == ""
     assert (tmp_path / "out" / "trace.jsonl").exists()
 
