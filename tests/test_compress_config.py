@@ -243,6 +243,9 @@ class Sink:
     def finished(self, report: Any) -> None:
         self.log.append("finished")
 
+    def close(self) -> None:
+        self.log.append("closed")
+
 
 def test_progress_events_arrive_as_they_happen() -> None:
     """KMR.compress.progress: measuring comes before the first cost measurement; each record's
@@ -258,7 +261,7 @@ def test_progress_events_arrive_as_they_happen() -> None:
                          meter="nonzeros", budget_fraction="1/2")
     compress(mlp(), cfg, quality=q, progress=Sink(log))
     assert log == ["measuring", "quality", "started B=46", "quality", "step 0", "quality", "step 1",
-                   "quality", "step 2", "finished"]
+                   "quality", "step 2", "finished", "closed"]
 
 
 def test_cli_progress_streams(tmp_path: Path, factory: str) -> None:  # noqa: F811
@@ -270,14 +273,16 @@ def test_cli_progress_streams(tmp_path: Path, factory: str) -> None:  # noqa: F8
     rep = json.loads(out)
     assert rc == 0
     lines = err.splitlines()
-    assert lines[0].startswith("kmr compress: measuring")
+    assert lines[0].startswith("kmr compress: loading the model")
+    assert lines[1].startswith("kmr compress: measuring")
     assert "budget 106.667" not in err and "budget ~106.667" in err  # 320/3, a decimal, not "320/3"
     assert "320/3" not in err
     step_lines = [s for s in lines if s.startswith("t=")]
     assert len(step_lines) == len(rep["steps"]) and "svd: rank = 3" in step_lines[0]
     assert "steps" in err and f"{rep['accepted_steps']}/10" in err
-    rc, out2, err2 = run_cli(["compress", str(toml), "--overwrite"])
-    assert rc == 0 and out2.splitlines()[0].startswith("kmr compress: measuring") and err2 == ""
+    rc, out2, err2 = run_cli(["compress", str(toml), "--overwrite", "--dense"])
+    assert rc == 0 and out2.splitlines()[1].startswith("kmr compress: measuring") and err2 == ""
+    assert (tmp_path / "out" / "model.dense.safetensors").is_file()
     assert sys.modules[factory] is not None
 
 

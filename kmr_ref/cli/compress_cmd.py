@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("KMR.compress.config", "give a config: kmr compress CONFIG.toml")
         else:
             cfg = load_config(args.config)
+        sink.loading(f"the model ({cfg.model})")  # KMR.compress.progress: a real model takes a while
         model = load_model(cfg)
         rep = compress(model, cfg, out_dir=out, overwrite=args.overwrite, resume=args.resume is not None,
                        save_dense=args.dense, progress=sink)

@@ -56,9 +56,16 @@ class RichProgress:
         if record.accepted and self.bar is not None and self.task is not None:
             self.bar.advance(self.task)  # type: ignore[arg-type]
 
-    def finished(self, report: CompressReport) -> None:
+    def loading(self, what: str) -> None:
+        self.console.print(f"kmr compress: loading {what} ...", markup=False, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
+
+    def finished(self, report: CompressReport) -> None:
+        self.close()
         q0 = "" if report.quality_initial is None else f" (quality {report.quality_initial:.4f})"
         q1 = "" if report.quality_final is None else f" (quality {report.quality_final:.4f})"
         self.console.print("phases: " + ", ".join(f"{p.name} -> {p.status.value}" for p in report.phases),

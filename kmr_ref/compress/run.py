@@ -54,6 +54,8 @@ class ProgressSink(Protocol):
 
     def finished(self, report: CompressReport) -> None: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class CompressReport:
@@ -226,6 +228,16 @@ def compress(model: nn.Module, config: CompressConfig, *, quality: QualityFn | N
     ``resume`` continues the run recorded in ``out_dir`` (``KMR.compress.resume``);
     ``save_dense`` also writes the dense fp32 export; ``progress`` receives the run's events.
     """
+    try:
+        return _compress(model, config, quality, example_input, out_dir, overwrite, resume, save_dense, progress)
+    finally:
+        if progress is not None:
+            progress.close()  # KMR.compress.progress: the display ends, also on an error
+
+
+def _compress(model: nn.Module, config: CompressConfig, quality: QualityFn | None, example_input: object,
+              out_dir: str | Path | None, overwrite: bool, resume: bool, save_dense: bool,
+              progress: ProgressSink | None) -> CompressReport:
     t_start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise ConfigError(CONFIG, f"model must be a torch.nn.Module, got {type(model).__name__}")
