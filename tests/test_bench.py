@@ -4,6 +4,7 @@ KMR.meter.informative — wall time is reported, never judged by a test)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,8 @@ def test_bench_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
             raw = c["raw"][impl]
             assert len(raw["times"]) == 2
             assert raw["result_bytes"] >= 0
+        assert c["copy_into_s"] > 0 and c["ours_1t_s"] > 0
+        assert "quiet" not in c and rep["load"] == 0
     prune, quant = rep["cases"]
     # torch's topk may break ties differently; on this seeded Gaussian model there are none at the
     # boundary, and the quantization arithmetic is the same IEEE operations as torch's fake-quant
@@ -60,3 +63,36 @@ def test_bench_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     # new weights and their float masks
     assert prune["raw"]["ours"]["result_bytes"] == 4 * size
     assert prune["raw"]["peer"]["result_bytes"] == 8 * size
+
+
+def test_bench_load_and_baseline(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``--load K``: each case carries ``quiet`` and ``loaded`` timings (ours_s, peer_s, copy_s) and
+    the busy processes are gone afterwards; ``--baseline DIR`` times older kernels beside ours."""
+    import shutil
+
+    import kmr_ref.kernels as kernels
+
+    src = Path(kernels.__file__).parent
+    for name in ("prune_select.py", "quant_fused.py"):
+        shutil.copy(src / name, tmp_path / name)
+    assert main(["bench", "--json", "--size", "5k", "--repeats", "1", "--threads", "1", "--load", "1",
+                 "--baseline", str(tmp_path), "--case", "quant_per_channel"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["load"] == 1 and rep["loadavg_loaded"] is not None
+    (c,) = rep["cases"]
+    for phase in ("quiet", "loaded"):
+        for key in ("ours_s", "peer_s", "copy_s", "copy_into_s", "baseline_s"):
+            assert c[phase][key] > 0, (phase, key)
+    assert c["quiet"]["ours_s"] == c["ours_s"] and c["baseline_s"] > 0
+    assert c["growth_vs_copy"] == pytest.approx(c["growth"]["ours"] / c["growth"]["copy"])
+    assert isinstance(c["load_goal_met"], bool)
+
+
+def test_busy_load_stops_on_error() -> None:
+    """The busy processes stop when the measured block raises (as on Ctrl-C)."""
+    from kmr_ref.bench.runner import busy_load
+
+    with pytest.raises(KeyboardInterrupt), busy_load(2) as procs:
+        assert all(p.poll() is None for p in procs)
+        raise KeyboardInterrupt
+    assert all(p.poll() is not None for p in procs)

@@ -1,24 +1,28 @@
-"""Run every (case, implementation) in its own process and assemble the ``kmr bench`` report."""
+"""Run every (case, implementation) in its own process and assemble the ``kmr bench`` report,
+quiet and, with ``load = K``, again while K busy processes compete for the cores."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 CASES = ("global_prune", "quant_per_channel")
-IMPLS = ("ours", "peer", "copy")
+IMPLS = ("ours", "ours_1t", "peer", "copy", "copy_into")
 PEERS = {
     "global_prune": "torch.nn.utils.prune.global_unstructured(L1Unstructured, amount=k) over nn.Linear",
     "quant_per_channel": "torch.amin/amax + spec qparams, then torch.fake_quantize_per_channel_affine",
 }
 OURS = {
-    "global_prune": "kmr_ref.kernels.prune_global (radix select, out of place), sparsity 7/10",
+    "global_prune": "kmr_ref.kernels.prune_global (sampled band, one write pass; out of place), sparsity 7/10",
     "quant_per_channel": "kmr_ref.kernels.quant_fused.quantize_groups (int8 symmetric, codes + dequant)",
 }
 PEAK_EXTRA_DEFINITION = (
@@ -28,6 +32,25 @@ PEAK_EXTRA_DEFINITION = (
     "warm-up on a 4096-parameter model) in a fresh "
     "process per (case, implementation): RSS with VmHWM reset (CPU) or allocator peak (CUDA). "
     "Raw figures: peak_delta_bytes, result_bytes."
+)
+TIMING_DEFINITION = (
+    "ours_s, peer_s, copy_s: medians over repeats of one call, each implementation in a fresh "
+    "process with torch's thread count (threads); copy_s is clone() of every tensor (allocation "
+    "included, as ours and the peer allocate their results); copy_into_s copies into preallocated, "
+    "pre-touched tensors (no page faults); ours_1t_s is ours with one thread. With load K, each case "
+    "also holds 'quiet' and 'loaded' timings, the latter measured while K busy-looping processes "
+    "run; growth = loaded / quiet, and growth_vs_copy = ours' growth / copy's growth (goal <= 1.5)."
+)
+LOAD_GOAL = 1.5
+_LOAD_MAX_S = 3600.0  # a busy process never outlives this, nor its parent
+
+# a bounded busy loop: integer work, exits when its deadline passes or its parent is gone
+_SPIN = (
+    "import os, sys, time\n"
+    "end = time.monotonic() + float(sys.argv[1]); parent = int(sys.argv[2]); x = 0\n"
+    "while time.monotonic() < end and os.getppid() == parent:\n"
+    "    for i in range(20000):\n"
+    "        x = (x * 1103515245 + 12345) & 0xFFFFFFFF\n"
 )
 
 
@@ -43,14 +66,49 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (Linux), or None."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(v) for v in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
 def default_repeats(size: int) -> int:
     return 5 if size <= 20_000_000 else 3
 
 
-def _run_worker(case: str, impl: str, size: int, repeats: int, threads: int, device: str) -> dict[str, Any]:
+@contextmanager
+def busy_load(k: int, max_s: float = _LOAD_MAX_S) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """K busy-looping processes for the duration of the block, stopped on exit, error or Ctrl-C
+    (each also stops by itself after ``max_s`` seconds or when this process is gone)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(k):
+            procs.append(subprocess.Popen([sys.executable, "-c", _SPIN, str(max_s), str(os.getpid())],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        time.sleep(0.2)  # let them start spinning
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _run_worker(case: str, impl: str, size: int, repeats: int, threads: int, device: str,
+                baseline: str | None) -> dict[str, Any]:
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if baseline:
+        env["KMR_BENCH_BASELINE"] = os.path.abspath(baseline)
     cmd = [sys.executable, "-m", "kmr_ref.bench.worker", case, impl, str(size), str(repeats), str(threads), device]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -63,30 +121,80 @@ def _extra(r: dict[str, Any]) -> int:
     return int(r["peak_delta_bytes"]) - int(r["result_bytes"])
 
 
+def _bytes_moved(case: str, model_bytes: int) -> int:
+    """The least memory traffic of the call: read the model, write the result (prune: a pruned
+    copy; quantization: the dequantized float32 weight and int8 codes)."""
+    return 2 * model_bytes if case == "global_prune" else 2 * model_bytes + model_bytes // 4
+
+
+def _peak_bandwidth(device: str) -> float | None:
+    """Peak memory bandwidth of a CUDA device in bytes/s (DDR: 2 transfers per clock), if known."""
+    if not device.startswith("cuda"):
+        return None
+    props = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(props, "memory_clock_rate", 0)
+    bus_bits = getattr(props, "memory_bus_width", 0)
+    return 2.0 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
+
+
+def _timings(rs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {f"{impl}_s": r["median_s"] for impl, r in rs.items()}
+    out["times"] = {impl: r["times"] for impl, r in rs.items()}
+    return out
+
+
+def _phase(cases: tuple[str, ...], impls: tuple[str, ...], size: int, reps: int, nthreads: int, device: str,
+           baseline: str | None, label: str,
+           progress: Callable[[str], None] | None) -> dict[str, dict[str, dict[str, Any]]]:
+    res: dict[str, dict[str, dict[str, Any]]] = {}
+    for case in cases:
+        res[case] = {}
+        for impl in impls:
+            if progress:
+                progress(f"{label}{case}: {impl} (size {size:,}, {reps} repeats)")
+            threads = 1 if impl == "ours_1t" else nthreads
+            run_impl = "ours" if impl == "ours_1t" else impl
+            res[case][impl] = _run_worker(case, run_impl, size, reps, threads, device, baseline)
+    return res
+
+
 def run_bench(size: int, *, repeats: int | None = None, threads: int | None = None, device: str = "cpu",
-              cases: tuple[str, ...] = CASES,
+              cases: tuple[str, ...] = CASES, load: int = 0, baseline: str | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The report: ``{"device", "threads", "cases": [...]}`` (the ``kmr bench --json`` contract)
-    plus descriptive fields."""
+    plus descriptive fields. ``load``: also measure every case while that many busy processes run
+    (each case then holds ``quiet`` and ``loaded``); ``baseline``: a directory of older kernels
+    (``prune_select.py``, ``quant_fused.py``) measured beside ours as ``baseline_s``."""
     reps = repeats or default_repeats(size)
     nthreads = threads or torch.get_num_threads()
+    impls = IMPLS + (("baseline",) if baseline else ())
+    load_start = loadavg()
+    t0 = time.perf_counter()
+    quiet = _phase(cases, impls, size, reps, nthreads, device, baseline, "", progress)
+    loaded: dict[str, dict[str, dict[str, Any]]] | None = None
+    load_during: list[float] | None = None
+    if load:
+        with busy_load(load):
+            loaded = _phase(cases, impls, size, reps, nthreads, device, baseline, f"load {load}: ", progress)
+            load_during = loadavg()
+    peak_bw = _peak_bandwidth(device)
     out_cases = []
     for case in cases:
-        rs: dict[str, dict[str, Any]] = {}
-        for impl in IMPLS:
-            if progress:
-                progress(f"{case}: {impl} (size {size:,}, {reps} repeats)")
-            rs[impl] = _run_worker(case, impl, size, reps, nthreads, device)
+        rs = quiet[case]
         ours, peer, copy = rs["ours"], rs["peer"], rs["copy"]
         mism = int(peer["mismatches"])
-        out_cases.append({
+        moved = _bytes_moved(case, int(ours["model_bytes"]))
+        c: dict[str, Any] = {
             "name": case,
             "size": size,
             "ours_s": ours["median_s"],
             "peer_s": peer["median_s"],
             "copy_s": copy["median_s"],
+            "copy_into_s": rs["copy_into"]["median_s"],
+            "ours_1t_s": rs["ours_1t"]["median_s"],
             "speedup": peer["median_s"] / ours["median_s"],
             "vs_copy": ours["median_s"] / copy["median_s"],
+            "vs_copy_into": ours["median_s"] / rs["copy_into"]["median_s"],
             "peak_extra_bytes": _extra(ours),
             "model_bytes": ours["model_bytes"],
             "agree": mism == 0,
@@ -94,18 +202,40 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
             "peak_extra_ratio": _extra(ours) / ours["model_bytes"],
             "peer_peak_extra_bytes": _extra(peer),
             "copy_peak_extra_bytes": _extra(copy),
+            "bytes_moved": moved,
+            "bandwidth_bytes_per_s": moved / ours["median_s"],
+            "bandwidth_fraction": moved / ours["median_s"] / peak_bw if peak_bw else None,
             "raw": {impl: {k: r[k] for k in ("times", "peak_delta_bytes", "result_bytes")} for impl, r in rs.items()},
             "ours": OURS[case],
             "peer": PEERS[case],
             "repeats": reps,
-        })
+        }
+        if baseline:
+            c["baseline_s"] = rs["baseline"]["median_s"]
+            c["speedup_vs_baseline"] = rs["baseline"]["median_s"] / ours["median_s"]
+        if loaded is not None:
+            q, ld = _timings(rs), _timings(loaded[case])
+            growth = {impl: ld[f"{impl}_s"] / q[f"{impl}_s"] for impl in impls}
+            c["quiet"] = q
+            c["loaded"] = ld
+            c["growth"] = growth
+            c["growth_vs_copy"] = growth["ours"] / growth["copy"]
+            c["load_goal_met"] = c["growth_vs_copy"] <= LOAD_GOAL
+        out_cases.append(c)
     return {
         "device": device,
         "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name(),
         "threads": nthreads,
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
-        "mem_method": rs["ours"]["mem_method"] if out_cases else None,
+        "loadavg_start": load_start,
+        "load": load,
+        "loadavg_loaded": load_during,
+        "peak_bandwidth_bytes_per_s": peak_bw,
+        "wall_s": time.perf_counter() - t0,
+        "mem_method": quiet[cases[0]]["ours"]["mem_method"] if cases else None,
         "peak_extra_definition": PEAK_EXTRA_DEFINITION,
+        "timing_definition": TIMING_DEFINITION,
+        "baseline": os.path.abspath(baseline) if baseline else None,
         "cases": out_cases,
     }

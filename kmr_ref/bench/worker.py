@@ -7,17 +7,23 @@ Implementations per case:
 * ``global_prune`` — ``ours``: :func:`kmr_ref.kernels.prune_global` (the rule's out-of-place path);
   ``peer``: ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` over ``nn.Linear``
   modules wrapping the same tensors, ``amount`` = the same count k (an int, so both prune exactly
-  k = floor(s·n) entries); ``copy``: ``clone()`` of every tensor.
+  k = floor(s·n) entries); ``copy``: ``clone()`` of every tensor; ``copy_into``: ``copy_`` of every
+  tensor into a preallocated one (the bandwidth floor without the allocation's page faults).
 * ``quant_per_channel`` — int8 symmetric (codes in [-127, 127]), one group per output row.
   ``ours``: :func:`kmr_ref.kernels.quant_fused.quantize_groups` (observe + codes + dequantized
   weight); ``peer``: the same observe (``torch.amin``/``amax`` and the spec's scale formula), then
-  ``torch.fake_quantize_per_channel_affine``; ``copy``: ``clone()``.
+  ``torch.fake_quantize_per_channel_affine``; ``copy``: ``clone()``; ``copy_into``: as above.
+* ``baseline`` (both cases): the same call as ``ours`` on the kernels in the directory named by
+  ``KMR_BENCH_BASELINE`` (files ``prune_select.py`` and ``quant_fused.py``, e.g. an older commit's
+  ``kmr_ref/kernels``), for before/after figures measured side by side.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -94,16 +100,35 @@ def _linear_over(t: torch.Tensor) -> nn.Linear:
     return m
 
 
+def _baseline(name: str) -> Any:
+    """The module ``name`` (``prune_select`` or ``quant_fused``) from ``$KMR_BENCH_BASELINE``."""
+    path = os.path.join(os.environ["KMR_BENCH_BASELINE"], name + ".py")
+    spec = importlib.util.spec_from_file_location(f"kmr_bench_baseline_{name}", path)
+    assert spec is not None and spec.loader is not None, path
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _impl(case: str, impl: str, tensors: list[torch.Tensor]) -> tuple[Callable[[], Any], Callable[[Any], int]]:
     """(call, bytes of what the call returns and keeps) for one case and implementation."""
     n = sum(t.numel() for t in tensors)
     if impl == "copy":
         return (lambda: [t.clone() for t in tensors]), _nbytes
+    if impl == "copy_into":
+        dst = [torch.empty_like(t) for t in tensors]
+        for d in dst:
+            d.fill_(0.0)  # touch the pages before timing: no page faults in the call
+        return (lambda: [d.copy_(t) for d, t in zip(dst, tensors, strict=True)]), lambda out: 0
     if case == "global_prune":
         k = prune_count(SPARSITY, n)
-        if impl == "ours":
+        if impl in ("ours", "baseline"):
+            fn = _baseline("prune_select").prune_global if impl == "baseline" else prune_global
+
             def ours() -> list[torch.Tensor]:
-                return prune_global(tensors, k)
+                out: list[torch.Tensor] = fn(tensors, k)
+                return out
             ids = {id(t) for t in tensors}
             return ours, lambda out: _nbytes([o for o in out if id(o) not in ids])
 
@@ -115,9 +140,11 @@ def _impl(case: str, impl: str, tensors: list[torch.Tensor]) -> tuple[Callable[[
         return peer, lambda mods: _nbytes([m.weight for m in mods] + [m.weight_mask for m in mods])
     if case == "quant_per_channel":
         qmin, qmax = code_range(BITS, SCHEME)
-        if impl == "ours":
+        if impl in ("ours", "baseline"):
+            qfn = _baseline("quant_fused").quantize_groups if impl == "baseline" else quantize_groups
+
             def ours_q() -> list[Any]:
-                return [quantize_groups(t, BITS, SCHEME) for t in tensors]
+                return [qfn(t, BITS, SCHEME) for t in tensors]
             return ours_q, lambda out: sum(_nbytes([q.codes, q.scale, q.zp, q.dequant]) for q in out)
 
         def peer_q() -> list[torch.Tensor]:
