@@ -31,7 +31,7 @@ from kmr_ref.core.compose import ComposedResult, Phase, composed_kmr
 from kmr_ref.core.policy import ladder_candidates
 from kmr_ref.core.trace import json_value
 from kmr_ref.examples import digits
-from kmr_ref.methods.pruning import MagnitudePruning, nonzero_meter, nonzero_prunable
+from kmr_ref.methods.pruning import MagnitudePruning, nonzero_prunable, prunable_nonzero_meter
 from kmr_ref.methods.quantization import UniformQuantization
 from kmr_ref.methods.storage import composed_storage_meter
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     con.print(f"[bold]digits CNN[/]: {how}, test accuracy {base_test:.4f}, "
               f"{n0} nonzero prunable weights; budget B = {budget} ({args.budget} of them)")
     rule = MagnitudePruning.for_model(model)
-    triple = KMRTriple("magnitude-pruning", rule, nonzero_meter(), digits.accuracy_meter(data.val))
+    triple = KMRTriple("magnitude-pruning", rule, prunable_nonzero_meter(), digits.accuracy_meter(data.val))
     policies: dict[str, Policy[nn.Module]] = {"scheduled": scheduled_policy(), "greedy": greedy_policy(rule)}
     names = list(policies) if args.policy == "all" else [args.policy] if args.policy != "compose" else []
     if args.out is not None:

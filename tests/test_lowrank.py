@@ -262,7 +262,7 @@ def test_rank_range() -> None:
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_bad_input() -> None:
-    """KMR.lowrank.nonfinite, KMR.lowrank.dtype, KMR.lowrank.empty (checked before the rank range);
+    """KMR.lowrank.nonfinite, KMR.lowrank.dtype; KMR.lowrank.empty: a zero-size layer is skipped;
     the caller's model is untouched."""
     for bad in (float("nan"), float("inf"), float("-inf")):
         model: Any = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4))
@@ -278,9 +278,10 @@ def test_bad_input() -> None:
     with pytest.raises(RuleInputError) as e:
         LowRank().apply(model, "rank", 1)
     assert e.value.clause == "KMR.lowrank.dtype"
-    with pytest.raises(RuleInputError) as e:
-        LowRank().apply(nn.Sequential(nn.Linear(0, 5)), "rank", 1)
-    assert e.value.clause == "KMR.lowrank.empty"
+    z = nn.Sequential(nn.Linear(0, 5), nn.Linear(6, 6))
+    out = LowRank().apply(z, "rank", 1)
+    assert out[0] is not z[0] and out[0].weight is z[0].weight  # skipped: its tensors are shared
+    assert isinstance(out[1], LowRankFactors)
 
 
 def test_scope_and_per_layer_knobs() -> None:

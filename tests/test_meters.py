@@ -126,3 +126,61 @@ def test_tuple_inputs_and_latency() -> None:
         latency_s(m, xy, repeats=0)
     assert e.value.clause == "KMR.meter.latency"
     assert isinstance(parameter_meter(), CostMeter) and isinstance(macs_meter(xy), CostMeter)
+
+
+def _layer_macs(b: int, seq: int, d: int, ff: int) -> int:
+    # hand formula of one post-norm transformer layer: Q, K, V and output projections (4 d x d),
+    # the feed-forward pair (d x ff, ff x d), and attention Q K^T and A V (seq x seq x d each)
+    return 4 * b * seq * d * d + 2 * b * seq * d * ff + 2 * b * seq * seq * d
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_macs_transformer_encoder_fast_path(nested: bool) -> None:
+    """KMR.meter.macs: the fused fast path of nn.TransformerEncoder (eval mode) and CPU
+    scaled-dot-product attention are counted; the fast-path switch is restored afterwards."""
+    d, heads, ff, layers, b, seq = 16, 2, 32, 3, 3, 5
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, heads, ff, batch_first=True), layers,
+                                enable_nested_tensor=nested).eval()
+    x = torch.randn(b, seq, d)
+    before = torch.backends.mha.get_fastpath_enabled()
+    assert macs(enc, x) == layers * _layer_macs(b, seq, d, ff)
+    assert torch.backends.mha.get_fastpath_enabled() == before
+
+
+def test_macs_attention_paths() -> None:
+    """KMR.meter.macs: MultiheadAttention with and without attention weights, and a bare
+    scaled_dot_product_attention call, all count B*h*(s_q*s_k*d + s_q*s_k*d_v)."""
+    d, b, sq, sk = 16, 3, 5, 7
+
+    class Attn(nn.Module):
+        def __init__(self, need_weights: bool) -> None:
+            super().__init__()
+            self.a = nn.MultiheadAttention(d, 2, batch_first=True)
+            self.need = need_weights
+
+        def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return self.a(q, kv, kv, need_weights=self.need)[0]
+
+    q, kv = torch.randn(b, sq, d), torch.randn(b, sk, d)
+    proj = b * sq * d * d + 2 * b * sk * d * d + b * sq * d * d  # Q; K and V; output projection
+    for need in (True, False):
+        assert macs(Attn(need).eval(), (q, kv)) == proj + 2 * b * sq * sk * d
+
+    class Sdpa(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+
+    qh, kh, vh = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 3)
+    assert macs(Sdpa(), (qh, kh, vh)) == 2 * 4 * (6 * 9 * 8 + 6 * 9 * 3)
+
+
+def test_macs_restores_fast_path_on_error() -> None:
+    """KMR.meter.macs: the fast-path switch is restored even when the forward raises."""
+    class Boom(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    before = torch.backends.mha.get_fastpath_enabled()
+    with pytest.raises(RuntimeError):
+        macs(Boom(), torch.zeros(1))
+    assert torch.backends.mha.get_fastpath_enabled() == before

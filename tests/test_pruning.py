@@ -196,9 +196,17 @@ def test_dtype_empty_and_knob_errors() -> None:
     m[0].weight = nn.Parameter(torch.ones(2, 3, dtype=torch.int32), requires_grad=False)
     with pytest.raises(RuleInputError, match=r"KMR\.prune\.dtype"):
         MagnitudePruning.for_model(m).apply(m, "sparsity", 0.5)
-    e = nn.Sequential(nn.Linear(0, 2))
-    with pytest.raises(RuleInputError, match=r"KMR\.prune\.empty"):
-        MagnitudePruning.for_model(e).apply(e, "sparsity", 0.5)
+    # KMR.prune.empty / KMR.select.zero-size: a zero-size tensor is skipped, the others are pruned
+    e = nn.Sequential(nn.Linear(0, 2), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        e[1].weight.copy_(torch.tensor([[1.0, -2.0], [3.0, -4.0]]))
+    rule_e = MagnitudePruning.for_model(e)
+    assert rule_e.tensor_names == ("1.weight",)
+    pe = rule_e.apply(e, "sparsity", 0.5)
+    assert pe[0].weight is e[0].weight
+    assert pe[1].weight.tolist() == [[0.0, 0.0], [3.0, -4.0]]
+    with pytest.raises(RuleInputError, match=r"KMR\.prune\.empty"):  # spec 0.1.0 on request
+        MagnitudePruning.for_model(e, empty="refuse").apply(e, "sparsity", 0.5)
     ok = nn.Sequential(nn.Linear(3, 2))
     rule = MagnitudePruning.for_model(ok)
     for v in (1.5, -0.1, float("nan"), True):

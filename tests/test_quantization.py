@@ -397,13 +397,12 @@ def _with_weight(w: torch.Tensor) -> nn.Module:
     (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), "KMR.quant.nonfinite"),
     (torch.tensor([[1.0, -float("inf")], [0.0, 1.0]]), "KMR.quant.nonfinite"),
     (torch.tensor([[1, 2], [3, 4]], dtype=torch.int32), "KMR.quant.dtype"),
-    (torch.zeros(0, 2), "KMR.quant.empty"),
     (torch.tensor([[2.0**127, 1.0], [0.0, 1.0]]), "KMR.quant.magnitude"),
     (torch.tensor([[1e300, 1.0], [0.0, 1.0]], dtype=torch.float64), "KMR.quant.magnitude"),
     (torch.tensor([[-10077.0, 65504.0], [0.0, 1.0]], dtype=torch.float16), "KMR.quant.magnitude"),
 ])
 def test_bad_input(w: torch.Tensor, clause: str) -> None:
-    """KMR.quant.nonfinite KMR.quant.dtype KMR.quant.empty KMR.quant.magnitude: typed errors that
+    """KMR.quant.nonfinite KMR.quant.dtype KMR.quant.magnitude: typed errors that
     name the clause; the caller's model is untouched (the first layer is checked before it)."""
     m = _with_weight(w)
     before = snapshot(m)
@@ -425,7 +424,41 @@ def test_group_size_must_divide() -> None:
     assert e2.value.clause == "KMR.quant.groups"
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element")
+def test_zero_size_skipped() -> None:
+    """KMR.quant.empty, KMR.select.zero-size: a zero-size weight is skipped (not fatal); the others
+    are quantized."""
+    m = nn.Sequential(nn.Linear(0, 2), nn.Linear(2, 2))
+    out = UniformQuantization().apply(m, "bits", 4)
+    assert out[0].weight is m[0].weight and not hasattr(out[0], RECORDS_ATTR)
+    assert "weight" in out[1].__dict__[RECORDS_ATTR]
+    with pytest.raises(RuleInputError) as e:  # spec 0.1.0 on request
+        UniformQuantization(empty="refuse").apply(m, "bits", 4)
+    assert e.value.clause == "KMR.quant.empty"
+
+
 def test_nothing_selected_is_identity() -> None:
     """KMR.quant.selection: a model without selected tensors comes back with equal bytes."""
     m = nn.Sequential(nn.LayerNorm(4))
     assert snapshot(UniformQuantization().apply(m, "bits", 2)) == snapshot(m)
+
+
+def test_per_tensor_bits_knobs() -> None:
+    """KMR.quant.per-tensor-bits: bits@<name> quantizes that tensor alone; codes of the other
+    tensors stay valid; storage counted by hand."""
+    from kmr_ref.methods.storage import storage_bits
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    rule = UniformQuantization.for_model(m)
+    assert [k.name for k in rule.knobs()] == ["bits", "bits@0.weight", "bits@1.weight"]
+    a = rule.apply(m, "bits@0.weight", 2)
+    assert a[0].__dict__[RECORDS_ATTR]["weight"].bits == 2 and not hasattr(a[1], RECORDS_ATTR)
+    assert a[1].weight is m[1].weight
+    b = rule.apply(a, "bits@1.weight", 5)
+    assert b[0].__dict__[RECORDS_ATTR]["weight"].bits == 2 and b[1].__dict__[RECORDS_ATTR]["weight"].bits == 5
+    # 16 codes at 2 bits + 4 channel scales; 8 codes at 5 bits + 2 scales; biases 4 + 2 float32
+    assert storage_bits(b) == (16 * 2 + 4 * 32) + (8 * 5 + 2 * 32) + (4 + 2) * 32
+    with pytest.raises(KnobDomainError) as e:
+        rule.apply(m, "bits@0.weight", 17)
+    assert e.value.clause == "KMR.quant.bits"

@@ -8,6 +8,7 @@ deterministic sign convention, split as sqrt(S) on each side, then cast to the w
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +19,27 @@ from torch import nn
 
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
 from kmr_ref.core.knobs import IntRange, Knob, KnobValue, RealInterval, find_knob
-from kmr_ref.methods.modules import check_float_finite, check_supported, clone_tree, set_submodule
+from kmr_ref.methods.modules import (
+    Patterns,
+    as_patterns,
+    check_float_finite,
+    check_supported,
+    clone_tree,
+    select_names,
+    set_submodule,
+)
 
 CLAUSE = "KMR.lowrank"
 RANK_MAX = 1 << 20  # the static upper end of the `rank` knob's domain; layers refuse r >= min(m, n)
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# KMR.lowrank.weight-readers: parents whose forward reads these children's .weight/.bias directly
+# (the fused fast path of the transformer layers) instead of calling them as modules
+_WEIGHT_READERS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),
+    nn.TransformerDecoderLayer: ("linear1", "linear2"),
+    nn.MultiheadAttention: ("out_proj",),
+}
 
 
 class LowRankFactors(nn.Sequential):
@@ -126,10 +142,18 @@ class LowRank:
     """
 
     layers: tuple[str, ...] | None = None
+    include: Patterns | None = None
+    exclude: Patterns = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "include", as_patterns(self.include, "include"))
+        object.__setattr__(self, "exclude", as_patterns(self.exclude, "exclude") or ())
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> LowRank:
-        return cls(tuple(n for n, _ in targets(model, None)))
+    def for_model(cls, model: nn.Module, *, include: Sequence[str] | None = None,
+                  exclude: Sequence[str] = ()) -> LowRank:
+        inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude") or ()
+        return cls(tuple(n for n, _ in targets(model, None, inc, exc)), inc, exc)
 
     def knobs(self) -> Sequence[Knob]:
         ks = [Knob("rank", IntRange(1, RANK_MAX), "decreasing"),
@@ -149,7 +173,7 @@ class LowRank:
                 raise
             raise KnobDomainError(f"{CLAUSE}.rank-range", f"rank must be an integer >= 1: {e.message}") from e
         check_supported(model)  # KMR.rule.unsupported-module
-        scope = targets(model, self.layers)
+        scope = targets(model, self.layers, self.include, self.exclude)
         if target:  # KMR.lowrank.per-layer-knob
             scope = [(n, m) for n, m in scope if n == target]
             if not scope:
@@ -157,7 +181,7 @@ class LowRank:
                                      f"{target!r} is not a factorizable layer of this model")
         for name, mod in scope:
             for pn, t in mod.named_parameters():
-                # KMR.lowrank.dtype KMR.lowrank.empty KMR.lowrank.nonfinite
+                # KMR.lowrank.dtype KMR.lowrank.nonfinite
                 check_float_finite(f"{name}.{pn}", t, CLAUSE)
         plan: list[tuple[str, nn.Module, int]] = []
         for name, mod in scope:
@@ -184,27 +208,56 @@ class LowRank:
         return new
 
 
-def targets(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, nn.Module]]:
+def _weight_readers(model: nn.Module) -> dict[str, str]:
+    """``KMR.lowrank.weight-readers``: {child name: parent type} of the children whose parent
+    reads their ``weight`` directly (replacing them would break the parent's forward)."""
+    out: dict[str, str] = {}
+    for pname, parent in model.named_modules():
+        for cls, kids in _WEIGHT_READERS.items():
+            if isinstance(parent, cls):
+                for k in kids:
+                    if k in parent._modules:
+                        out[f"{pname}.{k}" if pname else k] = type(parent).__name__
+    return out
+
+
+def targets(model: nn.Module, names: tuple[str, ...] | None, include: Patterns | None = None,
+            exclude: Patterns = ()) -> list[tuple[str, nn.Module]]:
     """``KMR.lowrank.scope``: the layers in scope, in ``named_modules()`` order."""
     out: list[tuple[str, nn.Module]] = []
     inside: list[str] = []
     mods = dict(model.named_modules())
+    readers = _weight_readers(model)
     if names is not None:
         for n in names:
             m = mods.get(n)
             if m is None or not _factorizable(m):
                 raise RuleInputError(f"{CLAUSE}.scope", f"{n!r} is not a Linear, a Conv with groups = 1 "
                                      "or LowRankFactors in this model")
+            if n in readers:  # KMR.rule.runs-forward: refused before anything is built
+                raise RuleInputError("KMR.rule.runs-forward", f"{n!r}: its parent {readers[n]} reads its weight "
+                                     "directly (fused fast path); a factorized layer would break its forward")
         chosen = set(names)
         out = [(n, m) for n, m in mods.items() if n in chosen]
     else:
         for n, m in mods.items():
             if any(n.startswith(p + ".") for p in inside):
                 continue
+            if n in readers:  # KMR.lowrank.weight-readers: not in scope by default
+                continue
             if _factorizable(m):
                 out.append((n, m))
                 if isinstance(m, LowRankFactors):
                     inside.append(n)
+    # KMR.lowrank.empty: a layer with a zero-size parameter has nothing to factorize; skipped
+    out = [(n, m) for n, m in out if all(p.numel() > 0 for p in m.parameters())]
+    if include is not None or exclude:  # KMR.select.include, KMR.select.exclude on parameter names
+        pnames = {n: [f"{n}.{pn}" if n else pn for pn, _ in m.named_parameters()] for n, m in out}
+        every = [q for n, _ in out for q in pnames[n]]
+        keep = set(select_names(every, every, include, exclude, "low-rank"))
+        # a layer is in scope when one of its parameters is chosen and none is excluded
+        out = [(n, m) for n, m in out if any(q in keep for q in pnames[n])
+               and not any(_matches(q, exclude) for q in pnames[n])]
     # KMR.lowrank.scope: a layer reachable under two names, or holding a parameter another module
     # also holds, cannot be replaced without breaking the sharing: refused.
     uses: dict[int, int] = {}
@@ -219,6 +272,10 @@ def targets(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, 
             raise RuleInputError(f"{CLAUSE}.scope",
                                  f"{n!r} is shared (module or parameter); cannot replace it")
     return out
+
+
+def _matches(name: str, patterns: Patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _factorizable(m: nn.Module) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from kmr_ref.core.errors import MeterError
 from kmr_ref.core.meters import CostMeter, InformativeMeter
@@ -60,15 +60,37 @@ def _eval_copy(model: nn.Module) -> nn.Module:
     return clone_tree(model).eval()
 
 
+def _fused_attention_formulas() -> dict[object, object]:
+    """``KMR.meter.macs``: FlopCounterMode registers its attention formula (``sdpa_flop``) for the
+    CUDA kernels of scaled-dot-product attention only; the CPU kernels it dispatches to here get
+    the very same formula (torch's own, not one written by hand)."""
+    aten = torch.ops.aten
+    formula = flop_registry[aten._scaled_dot_product_flash_attention]
+
+    def same(*args: object, out_val: object = None, **kwargs: object) -> object:
+        return formula(*args, out_val=out_val, **kwargs)
+
+    same._get_raw = True  # type: ignore[attr-defined]  # already shape-wrapped by torch
+    names = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
+    return {getattr(aten, n): same for n in names if hasattr(aten, n)}
+
+
 def macs(model: nn.Module, example_input: Inputs) -> int:
     """``KMR.meter.macs``: FLOPs / 2 of one forward pass on ``example_input`` in eval mode without
     autograd, as counted by ``torch.utils.flop_counter.FlopCounterMode`` (which counts
     2 * multiply-accumulates for matmul, convolution and attention and nothing for elementwise
-    operations, bias additions included)."""
+    operations, bias additions included), with the fused paths made visible: the
+    ``nn.MultiheadAttention`` / ``nn.TransformerEncoder`` fast path is switched off for the pass
+    and scaled-dot-product attention on CPU is counted by torch's attention formula."""
     m = _eval_copy(model)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        m(*_as_tuple(example_input))
+    counter = FlopCounterMode(display=False, custom_mapping=_fused_attention_formulas())
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # KMR.meter.macs: the fused kernel hides its math
+    try:
+        with torch.no_grad(), counter:
+            m(*_as_tuple(example_input))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     flops = int(counter.get_total_flops())
     if flops % 2 != 0:
         raise MeterError("KMR.meter.macs", f"FlopCounterMode counted an odd number of FLOPs ({flops})")

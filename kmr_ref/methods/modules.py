@@ -8,8 +8,10 @@ does not change are shared (not copied).
 from __future__ import annotations
 
 import copy
+import fnmatch
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -93,9 +95,81 @@ def set_submodule(root: nn.Module, qualified: str, new: nn.Module) -> None:
 PrunableFilter = Callable[[str, nn.Module, str, torch.Tensor], bool]
 
 
+_LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
 def default_prunable(module_name: str, module: nn.Module, pname: str, p: torch.Tensor) -> bool:
-    """``KMR.prune.prunable-default``: the ``weight`` of Linear and Conv1d/2d/3d modules."""
-    return pname == "weight" and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    """``KMR.prune.prunable-default``: the ``weight`` of Linear and Conv1d/2d/3d modules (subclasses
+    included) and the packed input projection of ``MultiheadAttention`` (``in_proj_weight``, or
+    ``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` when key and value sizes differ)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return pname in _MHA_WEIGHTS
+    return pname == "weight" and isinstance(module, _LINEAR_LIKE)
+
+
+def default_quantizable(module_name: str, module: nn.Module, pname: str, p: torch.Tensor) -> bool:
+    """``KMR.quant.selection``: :func:`default_prunable` plus the ``weight`` of ``Embedding`` and
+    ``EmbeddingBag`` modules."""
+    if pname == "weight" and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return True
+    return default_prunable(module_name, module, pname, p)
+
+
+def any_parameter(module_name: str, module: nn.Module, pname: str, p: torch.Tensor) -> bool:
+    """Every parameter: what ``include`` patterns choose from (``KMR.select.include``)."""
+    return True
+
+
+Patterns = tuple[str, ...]
+
+
+def as_patterns(value: Sequence[str] | None, what: str) -> Patterns | None:
+    """``KMR.select.include``: a sequence of glob patterns (a bare string is refused: it would be
+    read as a sequence of one-character patterns)."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise RuleInputError("KMR.select.include", f"{what} must be a sequence of glob strings, got {value!r}")
+    return tuple(value)
+
+
+def select_names(names: Sequence[str], default: Sequence[str], include: Patterns | None,
+                 exclude: Patterns, where: str) -> list[str]:
+    """``KMR.select.include`` / ``KMR.select.exclude`` / ``KMR.select.no-match``: from the
+    ``names`` a method can cover, the default ones (include is None) or those matching an include
+    pattern, less those matching an exclude pattern (``fnmatch.fnmatchcase`` on qualified names),
+    in the order of ``names``. A pattern that matches none of ``names`` raises RuleInputError."""
+    for pat in (*(include or ()), *exclude):
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):  # KMR.select.no-match
+            raise RuleInputError("KMR.select.no-match", f"pattern {pat!r} matches no parameter {where} can cover")
+    if include is None:
+        chosen = set(default)
+    else:  # KMR.select.include
+        chosen = {n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in include)}
+    # KMR.select.exclude
+    return [n for n in names if n in chosen and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
+
+
+Empty = Literal["skip", "refuse"]
+
+
+def selected_parameters(model: nn.Module, default: PrunableFilter, include: Patterns | None,
+                        exclude: Patterns, where: str, empty: Empty = "skip") -> list[tuple[str, torch.Tensor]]:
+    """The parameters a prune/quantize rule acts on, in ``KMR.prune.tensor-order``: the default
+    filter's or the include patterns' choice less the exclude patterns' (``select_names``), with
+    zero-size tensors left out (``KMR.select.zero-size``; ``empty="refuse"`` keeps them, for the
+    input checks of spec 0.1.0 to refuse them)."""
+    every = list(ordered_parameters(model, any_parameter))
+    if include is None and not exclude:
+        chosen = list(ordered_parameters(model, default))
+    else:
+        default_names = [n for n, _ in ordered_parameters(model, default)]
+        keep = set(select_names([n for n, _ in every], default_names, include, exclude, where))
+        chosen = [(n, t) for n, t in every if n in keep]
+    if empty == "refuse":
+        return chosen
+    return [(n, t) for n, t in chosen if t.numel() > 0]  # KMR.select.zero-size: skipped, not fatal
 
 
 def ordered_parameters(model: nn.Module, keep: PrunableFilter) -> Iterator[tuple[str, torch.Tensor]]:

@@ -18,11 +18,15 @@ from kmr_ref.core.errors import KnobDomainError
 from kmr_ref.core.knobs import Knob, KnobValue, find_knob, real_knob
 from kmr_ref.core.meters import CostMeter
 from kmr_ref.methods.modules import (
+    Empty,
+    Patterns,
     PrunableFilter,
+    as_patterns,
     check_float_finite,
     clone_tree,
     default_prunable,
     ordered_parameters,
+    selected_parameters,
     set_parameter,
 )
 
@@ -63,18 +67,30 @@ class MagnitudePruning:
     Knobs: ``sparsity`` (all prunable tensors; ``scope`` says whether the count is global or per
     tensor) and, for each prunable tensor name in ``tensor_names``, ``sparsity@<name>``
     (``KMR.prune.per-tensor-knob``). Build with :meth:`for_model` to get the per-tensor knobs.
+    ``include`` / ``exclude``: glob patterns on qualified parameter names (``KMR.select.include``,
+    ``KMR.select.exclude``); ``include=None`` keeps the ``prunable`` filter's choice.
     """
 
     scope: Scope = "global"
     tensor_names: tuple[str, ...] = ()
     prunable: PrunableFilter = field(default=default_prunable)
     kernel: bool = False  # True: the radix-select kernel (kmr_ref.kernels), bit-equal, O(chunk) memory
+    include: Patterns | None = None
+    exclude: Patterns = ()
+    empty: Empty = "skip"  # KMR.prune.empty; "refuse": spec 0.1.0 (its frozen vectors)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "include", as_patterns(self.include, "include"))
+        object.__setattr__(self, "exclude", as_patterns(self.exclude, "exclude") or ())
 
     @classmethod
     def for_model(cls, model: nn.Module, scope: Scope = "global",
-                  prunable: PrunableFilter = default_prunable, kernel: bool = False) -> MagnitudePruning:
-        names = tuple(n for n, _ in ordered_parameters(model, prunable))
-        return cls(scope, names, prunable, kernel)
+                  prunable: PrunableFilter = default_prunable, kernel: bool = False, *,
+                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                  empty: Empty = "skip") -> MagnitudePruning:
+        inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude") or ()
+        names = tuple(n for n, _ in selected_parameters(model, prunable, inc, exc, "pruning", empty))
+        return cls(scope, names, prunable, kernel, inc, exc, empty)
 
     def knobs(self) -> Sequence[Knob]:
         # KMR.prune.knob: s in [0, 1], a fraction of ALL prunable entries; policy grid 1/20
@@ -83,8 +99,9 @@ class MagnitudePruning:
         return ks
 
     def targets(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-        """``KMR.prune.tensor-order`` and ``KMR.prune.prunable-default``."""
-        return list(ordered_parameters(model, self.prunable))
+        """``KMR.prune.tensor-order`` and ``KMR.prune.prunable-default``, narrowed by ``include`` /
+        ``exclude``; a tensor with zero entries is not in scope (``KMR.prune.empty``)."""
+        return selected_parameters(model, self.prunable, self.include, self.exclude, "pruning", self.empty)
 
     def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
         s = Fraction(find_knob(self.knobs(), knob).check(value))  # KMR.knob.domain
@@ -95,7 +112,7 @@ class MagnitudePruning:
             if not targets:
                 raise KnobDomainError("KMR.knob.unknown", f"the model has no prunable tensor {name!r}")
         for n, t in targets:
-            check_float_finite(n, t, "KMR.prune")  # KMR.prune.nonfinite, KMR.prune.dtype, KMR.prune.empty
+            check_float_finite(n, t, "KMR.prune")  # KMR.prune.nonfinite, KMR.prune.dtype (.empty if "refuse")
         # KMR.prune.global (one group) or KMR.prune.per-tensor (one group per tensor)
         glob = knob == SPARSITY and self.scope == "global"
         groups: list[list[tuple[str, torch.Tensor]]] = [targets] if glob else [[nt] for nt in targets]
@@ -123,5 +140,7 @@ def nonzero_prunable(model: nn.Module, prunable: PrunableFilter = default_prunab
     return sum(int(torch.count_nonzero(t)) for _, t in ordered_parameters(model, prunable))
 
 
-def nonzero_meter(prunable: PrunableFilter = default_prunable) -> CostMeter[nn.Module]:
-    return CostMeter("nonzeros", lambda m: nonzero_prunable(m, prunable), unit="entries")
+def prunable_nonzero_meter(prunable: PrunableFilter = default_prunable) -> CostMeter[nn.Module]:
+    """``KMR.prune.cost-meter`` as a cost meter (nonzero *prunable* entries; compare
+    ``kmr_ref.methods.meters.nonzero_meter``, which counts every parameter: ``KMR.meter.nonzeros``)."""
+    return CostMeter("prunable_nonzeros", lambda m: nonzero_prunable(m, prunable), unit="entries")

@@ -18,11 +18,14 @@ from torch import nn
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
 from kmr_ref.core.knobs import IntRange, Knob, KnobValue, find_knob
 from kmr_ref.methods.modules import (
+    Empty,
+    Patterns,
     PrunableFilter,
+    as_patterns,
     check_float_finite,
     clone_tree,
-    default_prunable,
-    ordered_parameters,
+    default_quantizable,
+    selected_parameters,
 )
 
 Scheme = Literal["symmetric", "asymmetric"]
@@ -180,9 +183,25 @@ class UniformQuantization:
     granularity: Granularity = "channel"
     bits: int = 8
     group_size: int = 128
-    quantizable: PrunableFilter = field(default=default_prunable)
+    quantizable: PrunableFilter = field(default=default_quantizable)
+    include: Patterns | None = None
+    exclude: Patterns = ()
+    tensor_names: tuple[str, ...] = ()  # bits@<name> knobs (KMR.quant.per-tensor-bits)
+    empty: Empty = "skip"  # KMR.quant.empty; "refuse": spec 0.1.0 (its frozen vectors)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, scheme: Scheme = "symmetric", granularity: Granularity = "channel",
+                  bits: int = 8, group_size: int = 128, quantizable: PrunableFilter = default_quantizable, *,
+                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                  empty: Empty = "skip") -> UniformQuantization:
+        """The rule with a ``bits@<name>`` knob for every selected tensor of ``model``."""
+        inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude") or ()
+        names = tuple(n for n, _ in selected_parameters(model, quantizable, inc, exc, "quantization", empty))
+        return cls(scheme, granularity, bits, group_size, quantizable, inc, exc, names, empty)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "include", as_patterns(self.include, "include"))
+        object.__setattr__(self, "exclude", as_patterns(self.exclude, "exclude") or ())
         if self.scheme not in ("symmetric", "asymmetric"):
             raise ValueError(f"scheme must be 'symmetric' or 'asymmetric', got {self.scheme!r}")
         if self.granularity not in ("tensor", "channel", "group"):
@@ -196,32 +215,43 @@ class UniformQuantization:
         ks = [Knob(BITS, IntRange(MIN_BITS, MAX_BITS), "decreasing")]  # KMR.quant.bits
         if self.granularity == "group":
             ks.append(Knob(GROUP_SIZE, IntRange(1, MAX_GROUP_SIZE), "increasing"))  # KMR.quant.groups
+        # KMR.quant.per-tensor-bits
+        ks += [Knob(f"{BITS}@{n}", IntRange(MIN_BITS, MAX_BITS), "decreasing") for n in self.tensor_names]
         return ks
 
     def targets(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-        """``KMR.quant.selection``: the selected parameters in ``KMR.prune.tensor-order``."""
-        return list(ordered_parameters(model, self.quantizable))
+        """``KMR.quant.selection``: the selected parameters in ``KMR.prune.tensor-order``, narrowed
+        by ``include`` / ``exclude``; zero-size tensors are skipped (``KMR.quant.empty``)."""
+        return selected_parameters(model, self.quantizable, self.include, self.exclude, "quantization", self.empty)
 
     def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
         k = find_knob(self.knobs(), knob)  # KMR.knob.unknown
+        kind, _, target = knob.partition("@")
         try:
             v = k.check(value)
         except KnobDomainError as e:
-            clause = "KMR.quant.bits" if knob == BITS else "KMR.quant.groups"
+            clause = "KMR.quant.bits" if kind == BITS else "KMR.quant.groups"
             raise KnobDomainError(clause, e.message) from e
         assert isinstance(v, int)
-        bits, gsize = (v, self.group_size) if knob == BITS else (self.bits, v)
-        return quantize_model(model, bits, self.scheme, self.granularity, gsize, self.quantizable)
+        targets = self.targets(model)
+        if target:  # KMR.quant.per-tensor-bits: this tensor alone, the others keep what they are
+            targets = [(n, t) for n, t in targets if n == target]
+            if not targets:
+                raise KnobDomainError("KMR.knob.unknown", f"the model has no quantizable tensor {target!r}")
+        bits, gsize = (v, self.group_size) if kind == BITS else (self.bits, v)
+        return quantize_model(model, bits, self.scheme, self.granularity, gsize, self.quantizable, targets=targets)
 
 
 def quantize_model(model: nn.Module, bits: int, scheme: Scheme, granularity: Granularity, group_size: int,
-                   quantizable: PrunableFilter = default_prunable) -> nn.Module:
+                   quantizable: PrunableFilter = default_quantizable,
+                   targets: list[tuple[str, torch.Tensor]] | None = None) -> nn.Module:
     """The rule's body: validate every selected tensor, then quantize them into a clone."""
     code_range(bits, scheme)  # KMR.quant.bits
-    targets = list(ordered_parameters(model, quantizable))
+    if targets is None:
+        targets = selected_parameters(model, quantizable, None, (), "quantization")  # KMR.quant.empty: skipped
     plans: list[tuple[str, torch.Tensor, torch.Tensor, int, int]] = []
     for name, t in targets:  # every check runs before anything is built
-        check_float_finite(name, t, "KMR.quant")  # KMR.quant.dtype, KMR.quant.empty, KMR.quant.nonfinite
+        check_float_finite(name, t, "KMR.quant")  # KMR.quant.dtype, KMR.quant.nonfinite (.empty if "refuse")
         w32 = t.detach().to(torch.float32)  # KMR.quant.dtype: fp32 arithmetic
         _check_magnitude(name, w32)
         g, length = group_shape(tuple(t.shape), granularity, group_size)  # KMR.quant.group-divides

@@ -8,6 +8,7 @@ MACs really shrink. Anything the rule cannot analyse is refused (``KMR.structure
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,15 @@ from torch import nn
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
 from kmr_ref.core.exact import to_exact
 from kmr_ref.core.knobs import Knob, KnobValue, RealInterval, find_knob
-from kmr_ref.methods.modules import check_float_finite, check_supported, clone_tree, set_parameter
+from kmr_ref.methods.modules import (
+    Patterns,
+    as_patterns,
+    check_float_finite,
+    check_supported,
+    clone_tree,
+    select_names,
+    set_parameter,
+)
 
 CLAUSE = "KMR.structured"
 Scope = Literal["per-layer", "global"]
@@ -209,8 +218,12 @@ class StructuredPruning:
     p: int = 2
     scope: Scope = "per-layer"
     layers: tuple[str, ...] = ()
+    include: Patterns | None = None  # KMR.select.include on the prunable layers' parameter names
+    exclude: Patterns = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "include", as_patterns(self.include, "include"))
+        object.__setattr__(self, "exclude", as_patterns(self.exclude, "exclude") or ())
         if self.p not in (1, 2) or isinstance(self.p, bool):
             raise KnobDomainError(f"{CLAUSE}.score", f"p must be 1 or 2, got {self.p!r}")
         if self.scope not in ("per-layer", "global"):
@@ -218,9 +231,12 @@ class StructuredPruning:
                                   f"scope must be per-layer or global, got {self.scope!r}")
 
     @classmethod
-    def for_model(cls, model: nn.Module, p: int = 2, scope: Scope = "per-layer") -> StructuredPruning:
-        """A rule with a per-layer knob for each prunable layer of ``model``."""
-        return cls(p, scope, tuple(lay.name for lay in analyse(model)[:-1]))
+    def for_model(cls, model: nn.Module, p: int = 2, scope: Scope = "per-layer", *,
+                  include: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> StructuredPruning:
+        """A rule with a per-layer knob for each prunable layer of ``model`` that the patterns select."""
+        inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude") or ()
+        chosen = _chosen(analyse(model)[:-1], inc, exc)
+        return cls(p, scope, tuple(lay.name for lay in chosen), inc, exc)
 
     def knobs(self) -> Sequence[Knob]:
         ks = [Knob("fraction", fraction_domain(), "increasing")]  # KMR.structured.knob
@@ -232,7 +248,8 @@ class StructuredPruning:
         frac = Fraction(to_exact(f, clause="KMR.knob.domain", error=KnobDomainError, what="fraction"))
         check_supported(model)  # KMR.rule.unsupported-module
         layers = analyse(model)
-        prunable = layers[:-1]  # KMR.structured.output-layer-kept
+        every = layers[:-1]  # KMR.structured.output-layer-kept
+        prunable = _chosen(every, self.include, self.exclude)  # KMR.structured.select
         for lay in layers:
             for pn, t in lay.module.named_parameters():
                 # KMR.structured.dtype KMR.structured.empty KMR.structured.nonfinite
@@ -254,7 +271,20 @@ class StructuredPruning:
                                      f"{target!r} is not a prunable layer of this model; prunable: {names}")
             removed = [removed_per_layer(s, frac) if lay.name == target else []
                        for lay, s in zip(prunable, scores, strict=True)]
-        return remove_channels(model, layers, removed)
+        by_name = {lay.name: r for lay, r in zip(prunable, removed, strict=True)}
+        return remove_channels(model, layers, [by_name.get(lay.name, []) for lay in every])
+
+
+def _chosen(prunable: list[Layer], include: Patterns | None, exclude: Patterns) -> list[Layer]:
+    """``KMR.select.include`` / ``KMR.select.exclude``: a prunable layer is chosen when one of its
+    parameters' qualified names is selected and none matches an exclude pattern."""
+    if include is None and not exclude:
+        return prunable
+    pnames = {lay.name: [f"{lay.name}.{pn}" for pn, _ in lay.module.named_parameters()] for lay in prunable}
+    every = [q for lay in prunable for q in pnames[lay.name]]
+    keep = set(select_names(every, every, include, exclude, "structured pruning"))
+    return [lay for lay in prunable if any(q in keep for q in pnames[lay.name])
+            and not any(fnmatch.fnmatchcase(q, x) for q in pnames[lay.name] for x in exclude)]
 
 
 def remove_channels(model: nn.Module, layers: list[Layer], removed: Sequence[Sequence[int]]) -> nn.Module:
