@@ -162,13 +162,14 @@ def test_every_cut_point_resumes_identically(setup: Any, tmp_path: Path) -> None
     _, cfg, ref = setup
     lines = (ref["dir"] / "trace.jsonl").read_text().splitlines(keepends=True)
     header = (ref["dir"] / "run.json").read_text()
-    for k in (0, 1, 7, 19, 20, 21, 23, 24):
+    for k in (None, 0, 1, 7, 19, 20, 21, 23, 24):  # None: killed before trace.jsonl existed
         out = tmp_path / f"cut{k}"
         out.mkdir()
         (out / "run.json").write_text(header)
-        (out / "trace.jsonl").write_text("".join(lines[:k]))
+        if k is not None:
+            (out / "trace.jsonl").write_text("".join(lines[:k]))
         rep = compress(load_model(cfg), cfg, out_dir=out, resume=True)
-        assert rep.resumed_steps == k
+        assert rep.resumed_steps == (k or 0)
         same_as_ref(out, ref)
 
 
@@ -198,6 +199,20 @@ def test_torn_last_record_is_dropped(setup: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         compress(load_model(cfg), cfg, out_dir=gap, resume=True)
     assert e.value.clause == "KMR.compress.resume"
+
+
+def test_replay_that_disagrees_is_refused(setup: Any, tmp_path: Path) -> None:
+    """KMR.compress.resume: a record whose cost the replay does not reproduce is refused."""
+    _, cfg, ref = setup
+    recs = [json.loads(x) for x in (ref["dir"] / "trace.jsonl").read_text().splitlines()]
+    out = tmp_path / "lie"
+    out.mkdir()
+    (out / "run.json").write_text((ref["dir"] / "run.json").read_text())
+    recs[2]["cost"] += 1
+    (out / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:3]))
+    with pytest.raises(ConfigError) as e:
+        compress(load_model(cfg), cfg, out_dir=out, resume=True)
+    assert e.value.clause == "KMR.compress.resume" and "t=2" in e.value.message
 
 
 def test_other_config_or_weights_refused(setup: Any, tmp_path: Path) -> None:

@@ -285,8 +285,9 @@ def _compress(model: nn.Module, config: CompressConfig, quality: QualityFn | Non
         assert out is not None
         prior, good = read_trace(out / TRACE_FILE)  # KMR.compress.resume: a torn last line is dropped
         _check_trace(prior, names, out / TRACE_FILE)
-        with (out / TRACE_FILE).open("r+b") as fh:
-            fh.truncate(good)
+        if (out / TRACE_FILE).exists():
+            with (out / TRACE_FILE).open("r+b") as fh:
+                fh.truncate(good)
     elif qfn is not None:
         try:
             q0 = float(QualityMeter("quality", qfn)(m0))
@@ -368,10 +369,10 @@ def _pipeline(m0: nn.Module, phases: Sequence[Phase[nn.Module]], cost: CostMeter
     for r, ph in prior:  # KMR.compress.resume: replay
         if progress is not None:
             progress.step(ph, r, True)
-        if not r.accepted:
-            continue
         if r.cost_before != c:
             raise ConfigError(RESUME, f"record t={r.t}: cost before {r.cost_before}, replay has {c}")
+        if not r.accepted:
+            continue
         m = rules[ph].apply(m, r.knob, r.value)
         c = cost(m)
         if c != r.cost_after:
