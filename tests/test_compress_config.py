@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -88,6 +89,7 @@ def test_schema_errors_name_key_and_clause(path: tuple[Any, ...], value: Any, cl
     ("12.5%", "composed_storage_bits", Fraction(1, 8), True),
     ("2.5", "params", Fraction(5, 2), False),
     ("7/3", "params", Fraction(7, 3), False),
+    ("1e3", "params", 1000, False),
     (153128, "storage_bits", 153128, False),
 ])
 def test_budget_units(text: object, meter: str, value: Fraction | int, relative: bool) -> None:
@@ -280,6 +282,7 @@ def test_cli_progress_streams(tmp_path: Path, factory: str) -> None:  # noqa: F8
     step_lines = [s for s in lines if s.startswith("t=")]
     assert len(step_lines) == len(rep["steps"]) and "svd: rank = 3" in step_lines[0]
     assert "steps" in err and f"{rep['accepted_steps']}/10" in err
+    assert re.search(r"\d+:\d\d:\d\d", err)  # the bar's elapsed time
     rc, out2, err2 = run_cli(["compress", str(toml), "--overwrite", "--dense"])
     assert rc == 0 and out2.splitlines()[1].startswith("kmr compress: measuring") and err2 == ""
     assert (tmp_path / "out" / "model.dense.safetensors").is_file()

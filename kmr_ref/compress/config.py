@@ -368,7 +368,7 @@ def parse_budget(x: object, meter: str, key: str) -> Budget:
                                           "composed_storage_bits)")
             v = num * _PREFIX[prefix] * (8 if unit == "B" else 1)  # 1 B = 8 bit
             return Budget(to_exact(v, clause=clause, error=ConfigError, what=key), False)
-        if m is None and re.search(r"[A-Za-z%]", x) and "/" not in x:
+        if m is None and not _is_rational(x):
             raise ConfigError(clause, f"{key} = {x!r} is neither a number, a rational \"p/q\", a number with "
                                       "an SI prefix (k, M, G, T) or a byte/bit unit (B, KB, MB, GB, KiB, ..., "
                                       "bit, kbit, ...), nor a percentage")
@@ -380,6 +380,14 @@ def parse_budget(x: object, meter: str, key: str) -> Budget:
     if not 0 <= v <= 1:  # KMR.compress.budget-fraction: a fraction of C(M_0)
         raise ConfigError(clause, f"budget_fraction must be in [0, 1], got {v}")
     return Budget(v, True)
+
+
+def _is_rational(x: str) -> bool:
+    try:
+        Fraction(x)
+    except (ValueError, ZeroDivisionError):
+        return False
+    return True
 
 
 def config_budget(config: CompressConfig) -> Budget:
