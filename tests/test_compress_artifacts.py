@@ -194,3 +194,28 @@ def test_eval_digits_example(tmp_path: Path) -> None:
     from kmr_ref.cli import eval_cmd
 
     assert eval_cmd.run(argparse.Namespace(run_dir=out, json=True)) == 1
+
+
+def test_structured_batchnorm_reloads(tmp_path: Path) -> None:
+    """KMR.compress.artifacts KMR.compress.load: structured pruning through a BatchNorm (its
+    running statistics and num_features resized) is recorded as `resize` changes and reloads to
+    the same bytes and outputs; the manifest names the changed sizes."""
+    torch.manual_seed(3)
+    base = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 8 * 8, 10))
+    with torch.no_grad():
+        base[1].running_mean.normal_()
+        base[1].running_var.uniform_(0.5, 2.0)
+    base.eval()
+    cfg = CompressConfig(phases=(PhaseConfig(StructuredMethod(), ScheduledConfig(("1/2",))),), meter="params",
+                         budget=0)
+    rep = compress(base, cfg, out_dir=tmp_path / "out")
+    back = kmr_ref.load(tmp_path / "out", model=base)
+    assert back[1].num_features == 4 and back[0].out_channels == 4 and back[4].in_features == 256
+    assert state_bytes(back) == state_bytes(rep.model)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(back(x), rep.model(x))
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {(c["path"], c["kind"]) for c in man["modules"]} == {("0", "resize"), ("1", "resize"), ("4", "resize")}
+    assert man["modules"][1]["attrs"] == {"num_features": 4}
