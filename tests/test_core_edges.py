@@ -91,7 +91,9 @@ def test_interrupt_while_a_phase_measures_its_start() -> None:
 
     def cost(m: int) -> int:
         calls["n"] += 1
-        if calls["n"] == 4:  # 1: M_0, 2: phase a measures its start, 3: its proposal, 4: phase b starts
+        # 1: M_0, 2: phase a measures its start, 3: its proposal, 4: phase a measures the model it
+        # returns once more (KMR.meter.deterministic), 5: phase b starts
+        if calls["n"] == 5:
             raise KeyboardInterrupt
         return m
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import TypeVar
 
-from kmr_ref.core.errors import BudgetError, PolicyError
+from kmr_ref.core.errors import BudgetError, MeterError, PolicyError
 from kmr_ref.core.exact import Exact, to_exact
 from kmr_ref.core.knobs import find_knob
 from kmr_ref.core.policy import Policy, PolicyState, Proposal, Stop
@@ -17,7 +18,10 @@ M = TypeVar("M")
 
 
 def attach_partial(e: BaseException, partial: KMRResult[M]) -> None:
-    """``KMR.alg1.error``: the result so far rides on the exception as ``e.kmr_partial``."""
+    """``KMR.alg1.error``: the result so far rides on the exception as ``e.kmr_partial``, with the
+    status an interrupt at that point would give (``interrupted``; ``feasible`` when C(M) <= B)."""
+    if partial.cost_final <= partial.budget:  # as line 13 of Algorithm 1 would
+        partial = dataclasses.replace(partial, status=Status.FEASIBLE)
     with contextlib.suppress(AttributeError, TypeError):  # exceptions that refuse attributes
         e.kmr_partial = partial  # type: ignore[attr-defined]
 
@@ -35,6 +39,9 @@ def budgeted_kmr(
 
     Returns the last accepted model (never a rejected proposal), the exit status and the trace.
     ``on_record`` is called with each trace record as soon as it exists (for streaming logs).
+    The policy, the rule, the meters and ``on_record`` must return (``KMR.alg1.callbacks-return``);
+    the meters must be deterministic and nothing may modify the models it is shown
+    (``KMR.meter.deterministic``, ``KMR.policy.no-mutation``; ``kmr_ref.core.checked`` checks both).
     """
     # KMR.alg1.validate: B exact (KMR.budget.def, KMR.exact.binary64 for floats), N a non-negative int
     B: Exact = to_exact(budget, clause="KMR.alg1.validate", error=BudgetError, what="budget B")
@@ -49,45 +56,53 @@ def budgeted_kmr(
     t = 0
     trace: list[StepRecord] = []
     status: Status | None = None
-    try:
-        while c_cur > B:  # KMR.alg1.loop-guard
-            if t >= N:  # KMR.alg1.step-limit
-                status = Status.STEP_LIMIT
-                break
-            p = policy(PolicyState(m_cur, c_cur, q_cur, t, B, triple, tuple(trace)))  # KMR.alg1.propose
-            if isinstance(p, Stop):  # KMR.alg1.policy-stop
-                status = Status.POLICY_STOP
-                break
-            if not isinstance(p, Proposal):
-                raise PolicyError("KMR.policy.proposal", f"policy returned {type(p).__name__}")
-            v = find_knob(triple.knobs, p.knob).check(p.value)  # KMR.alg1.knob-domain
-            m_new = triple.rule.apply(m_cur, p.knob, v)  # KMR.alg1.apply
-            c_new = triple.cost(m_new)  # KMR.alg1.measure
-            q_new = Q(m_new) if Q is not None else None
-            if c_new < c_cur:  # KMR.alg1.strict-progress
-                trace.append(StepRecord(t, p.knob, v, c_cur, c_new, q_new, True, "accepted"))
-                m_cur, c_cur, q_cur = m_new, c_new, q_new  # KMR.alg1.accept
-                rec = trace[-1]
-                if on_record is not None:
-                    on_record(rec)
-            else:
-                rec = StepRecord(t, p.knob, v, c_cur, c_new, q_new, False, "not-strictly-lower")
-                trace.append(rec)
-                if on_record is not None:
-                    on_record(rec)
-                status = Status.STALLED  # KMR.alg1.early-break
-                break
-            t += 1  # KMR.alg1.step
-    except KeyboardInterrupt:  # KMR.alg1.interrupt
-        status = Status.INTERRUPTED
-        if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
-            m_cur, c_cur, q_cur = m_new, c_new, q_new  # interrupted between recording and accepting
-    except Exception as e:  # KMR.alg1.error: propagate, carrying what was accepted so far
-        if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
-            m_cur, c_cur, q_cur = m_new, c_new, q_new
-        attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))
+    try:  # one handler outside the loop's: nothing accepted is lost after the loop either
+        try:
+            while c_cur > B:  # KMR.alg1.loop-guard
+                if t >= N:  # KMR.alg1.step-limit
+                    status = Status.STEP_LIMIT
+                    break
+                p = policy(PolicyState(m_cur, c_cur, q_cur, t, B, triple, tuple(trace)))  # KMR.alg1.propose
+                if isinstance(p, Stop):  # KMR.alg1.policy-stop
+                    status = Status.POLICY_STOP
+                    break
+                if not isinstance(p, Proposal):
+                    raise PolicyError("KMR.policy.proposal", f"policy returned {type(p).__name__}")
+                v = find_knob(triple.knobs, p.knob).check(p.value)  # KMR.alg1.knob-domain
+                m_new = triple.rule.apply(m_cur, p.knob, v)  # KMR.alg1.apply
+                c_new = triple.cost(m_new)  # KMR.alg1.measure
+                q_new = Q(m_new) if Q is not None else None
+                if c_new < c_cur:  # KMR.alg1.strict-progress
+                    trace.append(StepRecord(t, p.knob, v, c_cur, c_new, q_new, True, "accepted"))
+                    m_cur, c_cur, q_cur = m_new, c_new, q_new  # KMR.alg1.accept
+                    rec = trace[-1]
+                    if on_record is not None:
+                        on_record(rec)
+                else:
+                    rec = StepRecord(t, p.knob, v, c_cur, c_new, q_new, False, "not-strictly-lower")
+                    trace.append(rec)
+                    if on_record is not None:
+                        on_record(rec)
+                    status = Status.STALLED  # KMR.alg1.early-break
+                    break
+                t += 1  # KMR.alg1.step
+        except KeyboardInterrupt:  # KMR.alg1.interrupt
+            status = Status.INTERRUPTED
+            if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
+                m_cur, c_cur, q_cur = m_new, c_new, q_new  # interrupted between recording and accepting
+        except Exception as e:  # KMR.alg1.error: propagate, carrying what was accepted so far
+            if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
+                m_cur, c_cur, q_cur = m_new, c_new, q_new
+            attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))
+            raise
+        if status is not Status.INTERRUPTED and triple.cost(m_cur) != c_cur:  # KMR.meter.deterministic
+            raise MeterError("KMR.meter.deterministic", f"cost meter {triple.cost.name!r} measured the "
+                                                        f"returned model as {c_cur}, then differently")
+        if c_cur <= B:  # KMR.alg1.feasible
+            status = Status.FEASIBLE
+        assert status is not None
+        return KMRResult(m_cur, status, tuple(trace), B, c0, c_cur, q0, q_cur)  # KMR.alg1.return
+    except BaseException as e:  # KMR.alg1.after-loop: an interrupt or error after the loop carries the result
+        if not hasattr(e, "kmr_partial"):
+            attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))
         raise
-    if c_cur <= B:  # KMR.alg1.feasible
-        status = Status.FEASIBLE
-    assert status is not None
-    return KMRResult(m_cur, status, tuple(trace), B, c0, c_cur, q0, q_cur)  # KMR.alg1.return

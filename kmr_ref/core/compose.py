@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from kmr_ref.core.budgeted import attach_partial, budgeted_kmr
-from kmr_ref.core.errors import BudgetError
+from kmr_ref.core.errors import BudgetError, MeterError
 from kmr_ref.core.exact import Exact, to_exact
 from kmr_ref.core.meters import CostMeter, QualityMeter, as_cost_meter, as_quality_meter
 from kmr_ref.core.policy import Policy
@@ -62,54 +62,69 @@ def composed_kmr(
     acc = _Acc(model, c0, q0, 0, (), ())  # replaced by one store: an interrupt never splits it
     outcomes: list[PhaseOutcome] = []
     status = Status.FEASIBLE if c0 <= B else Status.POLICY_STOP
-    for i, ph in enumerate(phases):  # KMR.alg10.phases
-        if acc.cost <= B or acc.used >= max_steps:  # KMR.alg10.skip
-            break
-        tri = KMRTriple(ph.name, ph.rule, cost, quality)  # KMR.alg10.shared-cost
-        res: KMRResult[M] | None = None
-        merged = noted = False
-        try:
-            res = budgeted_kmr(acc.model, tri, ph.policy, B, max_steps - acc.used,  # KMR.alg10.phase-run
-                               on_record=_tagged(on_record, ph.name, acc.used))
-            acc = acc.merged(ph.name, res)  # KMR.alg10.phase-trace
-            merged = True
-            outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))
-            noted = True
-            status = res.status  # KMR.alg10.phase-break: stalled / policy-stop end this phase only
-        except KeyboardInterrupt:  # KMR.alg1.interrupt outside the phase's own loop
-            if res is None:  # while the phase measured its start model: as at its loop head
-                outcomes.append(PhaseOutcome(ph.name, Status.INTERRUPTED, 0))
-                status = Status.INTERRUPTED
+    try:  # KMR.alg1.after-loop: an interrupt or error between phases carries the pipeline so far
+        for i, ph in enumerate(phases):  # KMR.alg10.phases
+            if acc.cost <= B or acc.used >= max_steps:  # KMR.alg10.skip
                 break
-            # after the phase ended: keep it whole; the next phase that would run is interrupted
-            # at its loop head (none would: the pipeline is simply over)
-            if not merged:
-                acc = acc.merged(ph.name, res)
-            if not noted:
-                outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))
-            status = res.status
-            if i + 1 < len(phases) and acc.cost > B and acc.used < max_steps and res.status is not Status.INTERRUPTED:
-                outcomes.append(PhaseOutcome(phases[i + 1].name, Status.INTERRUPTED, 0))
-                status = Status.INTERRUPTED
-            break
-        except Exception as e:  # KMR.alg1.error for the whole pipeline
-            part = getattr(e, "kmr_partial", None)
-            if isinstance(part, KMRResult):
-                steps = acc.trace + tuple(replace(r, t=r.t + acc.used) for r in part.trace)
-                attach_partial(e, KMRResult(part.model, Status.INTERRUPTED, steps, B, c0,
-                                            part.cost_final, q0, part.quality_final))
-            else:  # raised before the phase's loop (its first measurement): the pipeline so far
-                attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0,
-                                            acc.cost, q0, acc.quality))
-            raise
-        if status is Status.INTERRUPTED:
-            break
-    if acc.cost <= B:  # KMR.alg10.status
-        status = Status.FEASIBLE
-    elif acc.used >= max_steps and status is not Status.INTERRUPTED:
-        status = Status.STEP_LIMIT
-    result = KMRResult(acc.model, status, acc.trace, B, c0, acc.cost, q0, acc.quality)
-    return ComposedResult(result, tuple(outcomes), acc.owners)  # KMR.alg10.return
+            tri = KMRTriple(ph.name, ph.rule, cost, quality)  # KMR.alg10.shared-cost
+            res: KMRResult[M] | None = None
+            merged, n_out = False, len(outcomes)  # what the handlers must still do for this phase
+            try:
+                res = budgeted_kmr(acc.model, tri, ph.policy, B, max_steps - acc.used,  # KMR.alg10.phase-run
+                                   on_record=_tagged(on_record, ph.name, acc.used))
+                if res.cost_initial != acc.cost:  # KMR.meter.deterministic: its start model, measured twice
+                    raise MeterError("KMR.meter.deterministic", f"phase {ph.name!r}: cost meter {cost.name!r} "
+                                     f"measured the same model as {acc.cost}, then as {res.cost_initial}")
+                acc, merged = acc.merged(ph.name, res), True  # KMR.alg10.phase-trace (one statement)
+                outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))  # then len(outcomes) > n_out
+                status = res.status  # KMR.alg10.phase-break: stalled / policy-stop end this phase only
+            except KeyboardInterrupt as e:  # KMR.alg1.interrupt outside the phase's own loop
+                part = getattr(e, "kmr_partial", None)
+                if res is None and isinstance(part, KMRResult):  # after the phase's loop (KMR.alg1.after-loop)
+                    res = part
+                if res is None:  # while the phase measured its start model: as at its loop head
+                    outcomes.append(PhaseOutcome(ph.name, Status.INTERRUPTED, 0))
+                    status = Status.INTERRUPTED
+                    break
+                # after the phase ended: keep it whole; the next phase that would run is interrupted
+                # at its loop head (none would: the pipeline is simply over)
+                if not merged:
+                    acc = acc.merged(ph.name, res)
+                if len(outcomes) == n_out:
+                    outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))
+                status = res.status
+                if (i + 1 < len(phases) and acc.cost > B and acc.used < max_steps
+                        and res.status is not Status.INTERRUPTED):
+                    outcomes.append(PhaseOutcome(phases[i + 1].name, Status.INTERRUPTED, 0))
+                    status = Status.INTERRUPTED
+                break
+            except Exception as e:  # KMR.alg1.error for the whole pipeline
+                part = getattr(e, "kmr_partial", None)
+                if res is not None:  # after the phase returned: the phase is kept whole
+                    if not merged:
+                        acc = acc.merged(ph.name, res)
+                    attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0,
+                                                acc.cost, q0, acc.quality))
+                elif isinstance(part, KMRResult):
+                    steps = acc.trace + tuple(replace(r, t=r.t + acc.used) for r in part.trace)
+                    attach_partial(e, KMRResult(part.model, Status.INTERRUPTED, steps, B, c0,
+                                                part.cost_final, q0, part.quality_final))
+                else:  # raised before the phase's loop (its first measurement): the pipeline so far
+                    attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0,
+                                                acc.cost, q0, acc.quality))
+                raise
+            if status is Status.INTERRUPTED:
+                break
+        if acc.cost <= B:  # KMR.alg10.status
+            status = Status.FEASIBLE
+        elif acc.used >= max_steps and status is not Status.INTERRUPTED:
+            status = Status.STEP_LIMIT
+        result = KMRResult(acc.model, status, acc.trace, B, c0, acc.cost, q0, acc.quality)
+        return ComposedResult(result, tuple(outcomes), acc.owners)  # KMR.alg10.return
+    except BaseException as e:
+        if not hasattr(e, "kmr_partial"):
+            attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0, acc.cost, q0, acc.quality))
+        raise
 
 
 @dataclass(frozen=True)

@@ -30,3 +30,8 @@ class BudgetError(KMRError, ValueError):
 
 class PolicyError(KMRError, TypeError):
     """A policy returned something that is neither a Proposal nor Stop."""
+
+
+class ContractError(KMRError, RuntimeError):
+    """A callback broke an assumption of Proposition 1 (found by ``kmr_ref.core.checked``): it
+    modified a model it was shown, or a meter gave two values for the same model."""

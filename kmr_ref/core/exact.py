@@ -20,6 +20,9 @@ def to_exact(x: object, *, clause: str, error: type[KMRError], what: str) -> Exa
     """
     if isinstance(x, bool):
         raise error(clause, f"{what} must be a number, got bool {x!r}")
+    if isinstance(x, (int, Fraction)) and type(x) not in (int, Fraction):  # KMR.exact.plain
+        raise error("KMR.exact.plain", f"{what} must be a plain int or Fraction, got the subclass "
+                                       f"{type(x).__name__} (it may redefine comparison)")
     if isinstance(x, int):
         return x
     if isinstance(x, Fraction):
@@ -44,8 +47,9 @@ def to_exact(x: object, *, clause: str, error: type[KMRError], what: str) -> Exa
 
 
 def is_exact(x: object) -> bool:
-    """True for the exact cost types of ``KMR.meter.cost-exact``: int (not bool) and Fraction."""
-    return (isinstance(x, int) and not isinstance(x, bool)) or isinstance(x, Fraction)
+    """True for the exact cost types of ``KMR.meter.cost-exact``: plain int and Fraction, never
+    bool nor any other subclass (``KMR.exact.plain``)."""
+    return type(x) is int or type(x) is Fraction
 
 
 def fmt_exact(x: Exact) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from numbers import Integral, Real
 from typing import Generic, Literal, TypeVar
 
@@ -27,6 +28,10 @@ class CostMeter(Generic[M]):
         c = self.fn(model)
         if isinstance(c, Integral) and not isinstance(c, (bool, int)):  # e.g. numpy.int64
             c = int(c)
+        if isinstance(c, (int, Fraction)) and not isinstance(c, bool) and not is_exact(c):  # KMR.exact.plain
+            raise MeterError("KMR.exact.plain",
+                             f"cost meter {self.name!r} returned an instance of {type(c).__name__}, a subclass "
+                             "of int/Fraction (it may redefine comparison); return a plain int or Fraction")
         if not is_exact(c):  # KMR.meter.cost-exact
             raise MeterError("KMR.meter.cost-exact",
                              f"cost meter {self.name!r} returned {type(c).__name__} {c!r}; "

@@ -22,17 +22,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from kmr_ref.core import (
+    ComposedResult,
     CostMeter,
     Exact,
     IntRange,
     KMRResult,
     KMRTriple,
     Knob,
+    Phase,
     PolicyState,
     Proposal,
     Status,
     Stop,
     budgeted_kmr,
+    composed_kmr,
 )
 from kmr_ref.core.knobs import KnobValue
 
@@ -110,4 +113,65 @@ CODE_MUTANTS: dict[str, tuple[str, str, str]] = {
     "le-for-lt": ("if c_new < c_cur:", "if c_new <= c_cur:", "KMR.prop1.integer-bound"),
     "keep-rejected": ("status = Status.STALLED", "m_cur = m_new; status = Status.STALLED",
                       "KMR.prop1.last-accepted"),
+}
+
+
+# ---------------------------------------------------------------- Algorithm 10 (compose.py)
+
+IMPL10: Callable[..., ComposedResult[int]] = composed_kmr
+
+
+def _run10(c0: int, tables: tuple[tuple[int, ...], ...], budget: int, n: int, intr_at: int) -> ComposedResult[int]:
+    calls = [0]
+    phases: list[Phase[int]] = []
+    for k, ds in enumerate(tables):
+        def policy(state: PolicyState[Any], ds: tuple[int, ...] = ds) -> Proposal | Stop:
+            st = state
+            j = calls[0]
+            calls[0] += 1
+            if j == intr_at:
+                raise KeyboardInterrupt
+            return Proposal("delta", ds[st.t]) if st.t < len(ds) else Stop()
+        phases.append(Phase(f"p{k}", _Add(), policy))
+    return IMPL10(c0, phases, CostMeter("value", _cost), budget, n)
+
+
+def p10_contract(c0: int, a0: int, b0: int, b1: int, budget: int, n: int, intr_at: int) -> None:
+    """``KMR.alg10.prop1`` and ``KMR.alg10.phase-run`` on the code of Algorithm 10: two phases
+    (one proposal, then two; unbounded integer deltas), N <= 2, an interrupt at any policy call.
+    Each assert names its clause."""
+    assert c0 >= 0 and 0 <= n <= 2 and all(-BIG <= d <= BIG for d in (a0, b0, b1))
+    out = _run10(c0, ((a0,), (b0, b1)), budget, n, intr_at)
+    res = out.result
+    acc = [r for r in res.trace if r.accepted]
+    prev: Exact = c0
+    for r in acc:
+        assert r.cost_before == prev and r.cost_after < prev, "KMR.alg10.phase-run"  # carried model
+        prev = r.cost_after
+    assert len(acc) <= n, "KMR.alg10.prop1"
+    assert (res.status == Status.FEASIBLE) == (res.cost_final <= budget), "KMR.alg10.status"
+    if res.status == Status.STEP_LIMIT:
+        assert len(acc) == n and res.cost_final > budget, "KMR.alg10.status"
+    if len(acc) == n and res.cost_final > budget and res.status != Status.INTERRUPTED:
+        assert res.status == Status.STEP_LIMIT, "KMR.alg10.status"
+    assert len(acc) <= c0 - res.cost_final, "KMR.alg10.prop1"
+    assert res.model == prev and res.cost_final == prev, "KMR.alg10.prop1"
+    assert sum(p.steps for p in out.phases) == len(res.trace) == len(out.phase_of_record), "KMR.alg10.phase-trace"
+    ran = [p for p in out.phases if p.steps or p.status != Status.INTERRUPTED]
+    if ran and res.status not in (Status.FEASIBLE, Status.STEP_LIMIT, Status.INTERRUPTED):
+        assert res.status == ran[-1].status, "KMR.alg10.status"
+
+
+CLAUSES10 = ("KMR.alg10.prop1", "KMR.alg10.phase-run", "KMR.alg10.status", "KMR.alg10.phase-trace")
+
+# source-level mutants of kmr_ref/core/compose.py
+CODE_MUTANTS10: dict[str, tuple[str, str, str]] = {
+    "phase-limit-N": ("max_steps - acc.used,  # KMR.alg10.phase-run", "max_steps,  # KMR.alg10.phase-run",
+                      "KMR.alg10.prop1"),
+    "no-carry": ("res = budgeted_kmr(acc.model,", "res = budgeted_kmr(model,", "KMR.alg10.phase-run"),
+    "status-first": ("status = res.status  # KMR.alg10.phase-break",
+                     "status = res.status if i == 0 else status  # KMR.alg10.phase-break", "KMR.alg10.status"),
+    "no-step-limit-rule": ("elif acc.used >= max_steps and", "elif False and", "KMR.alg10.status"),
+    "feasible-lt": ("if acc.cost <= B:  # KMR.alg10.status", "if acc.cost < B:  # KMR.alg10.status",
+                    "KMR.alg10.status"),
 }

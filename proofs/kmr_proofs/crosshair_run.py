@@ -1,7 +1,8 @@
 """Run CrossHair on the contracts of ``crosshair_contracts`` (a child process of ``kmr prove``).
 
 ``python -m kmr_proofs.crosshair_run TIMEOUT`` prints one JSON object:
-``{"contract": {"state", "message", "seconds"}, "mutants": [{"name", "clause", "state", "message"}]}``
+``{"contract": {"state", "message", "seconds"}, "mutants": [{"name", "clause", "state", "message"}],
+"contract10": ..., "mutants10": [...]}`` (the second pair for ``composed_kmr``)
 where ``state`` is CrossHair's verdict: ``confirmed`` (every path explored, no failure),
 ``cannot_confirm`` (time ran out, no failure found), ``post_fail`` / ``exec_err`` (a
 counterexample; the message names the failed clause), or ``error`` (the runner itself failed).
@@ -49,20 +50,27 @@ def _analyze_states(fn: Any, timeout: float) -> tuple[str, str]:
     return "cannot_confirm", "; ".join(m for _, m in states)
 
 
-def _mutant_impl(old: str, new: str) -> Any:
-    spec = importlib.util.find_spec("kmr_ref.core.budgeted")
+def _mutant_impl(old: str, new: str, module: str = "budgeted") -> Any:
+    """``kmr_ref.core.<module>`` with one textual edit, loaded as a fresh module; its entry point."""
+    spec = importlib.util.find_spec(f"kmr_ref.core.{module}")
     assert spec is not None and spec.origin is not None
     with open(spec.origin, encoding="utf-8") as f:
         src = f.read()
     if src.count(old) != 1:
-        raise LookupError(f"mutation site {old!r} found {src.count(old)} times in budgeted.py")
-    mod = types.ModuleType("kmr_mutant_budgeted")
-    exec(compile(src.replace(old, new), "<mutant of budgeted.py>", "exec"), mod.__dict__)
-    return mod.budgeted_kmr
+        raise LookupError(f"mutation site {old!r} found {src.count(old)} times in {module}.py")
+    name = f"kmr_mutant_{module}"
+    mod = types.ModuleType(name)
+    sys.modules[name] = mod  # dataclasses look their module up
+    try:
+        exec(compile(src.replace(old, new), f"<mutant of {module}.py>", "exec"), mod.__dict__)
+    finally:
+        del sys.modules[name]
+    return mod.budgeted_kmr if module == "budgeted" else mod.composed_kmr
 
 
 def main(argv: list[str]) -> int:
     timeout = float(argv[0]) if argv else 8.0
+    timeout10 = float(argv[1]) if len(argv) > 1 else 3 * timeout  # composed_kmr has more paths
     out: dict[str, Any] = {}
     original = cc.IMPL
     try:
@@ -80,6 +88,22 @@ def main(argv: list[str]) -> int:
         finally:
             cc.IMPL = original
         out["mutants"].append({"name": mname, "clause": clause, "state": state, "message": msg})
+    try:
+        state, msg, secs = _analyze(cc.p10_contract, timeout10)
+    except Exception as e:
+        state, msg, secs = "error", f"{type(e).__name__}: {e}", 0.0
+    out["contract10"] = {"state": state, "message": msg, "seconds": secs}
+    out["mutants10"] = []
+    original10 = cc.IMPL10
+    for mname, (old, new, clause) in cc.CODE_MUTANTS10.items():
+        try:
+            cc.IMPL10 = _mutant_impl(old, new, "compose")
+            state, msg, _ = _analyze(cc.p10_contract, timeout10)
+        except Exception as e:
+            state, msg = "error", f"{type(e).__name__}: {e}"
+        finally:
+            cc.IMPL10 = original10
+        out["mutants10"].append({"name": mname, "clause": clause, "state": state, "message": msg})
     print(json.dumps(out))
     return 0
 

@@ -34,7 +34,8 @@ BMC_DEPTH = 8  # transitions: covers N = 0..2 fully, and every exit of the loop
 MUTANT_DEPTH = 6
 TAMPERS_PER_CASE = 3  # tampered copies replayed per run (the tests replay all of them)
 CROSSHAIR_TIMEOUT = 8.0  # CPU seconds per CrossHair condition
-CROSSHAIR_WALL = 24.0  # wall-clock limit for the CrossHair child process
+CROSSHAIR_TIMEOUT10 = 24.0  # the same for the composed_kmr contract (it confirms in ~9 s here)
+CROSSHAIR_WALL = 50.0  # wall-clock limit for the CrossHair child process (it runs beside Z3)
 BMC10_DEPTH = 9  # Algorithm 10: a phase stalls, the next accepts twice (or returns)
 MUTANT10_DEPTH = 11  # the longest shortest counterexample (no-carry vs P1e) has 11 transitions
 COVER10_DEPTH = 12
@@ -231,12 +232,13 @@ def _crosshair_env() -> dict[str, str]:
 def _start_crosshair() -> subprocess.Popen[str] | str:
     if importlib.util.find_spec("crosshair") is None:
         return "crosshair-tool is not installed (pip install 'kmr-ref[dev]')"
-    return subprocess.Popen([sys.executable, "-m", "kmr_proofs.crosshair_run", str(CROSSHAIR_TIMEOUT)],
+    return subprocess.Popen([sys.executable, "-m", "kmr_proofs.crosshair_run", str(CROSSHAIR_TIMEOUT),
+                             str(CROSSHAIR_TIMEOUT10)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_crosshair_env())
 
 
 def _finish_crosshair(rep: Report, proc: subprocess.Popen[str] | str, t0: float) -> None:
-    from kmr_proofs.crosshair_contracts import CLAUSES, CODE_MUTANTS
+    from kmr_proofs.crosshair_contracts import CLAUSES, CODE_MUTANTS, CODE_MUTANTS10
 
     data: dict[str, Any] | None = None
     why = ""
@@ -259,6 +261,8 @@ def _finish_crosshair(rep: Report, proc: subprocess.Popen[str] | str, t0: float)
     if data is None:
         for c in CLAUSES:
             rep.obligations.append(ObligationResult(ids[c], c, "crosshair", "unknown", secs, why))
+        rep.obligations.append(ObligationResult("alg10-crosshair", "KMR.alg10.prop1", "crosshair", "unknown",
+                                                secs, why))
         return
     st, msg = data["contract"]["state"], data["contract"]["message"]
     secs = float(data["contract"].get("seconds", secs))
@@ -278,6 +282,22 @@ def _finish_crosshair(rep: Report, proc: subprocess.Popen[str] | str, t0: float)
         refuted = m["state"] in ("post_fail", "exec_err", "post_err")
         desc = f"budgeted.py: {CODE_MUTANTS[m['name']][0]!r} -> {CODE_MUTANTS[m['name']][1]!r}"
         rep.mutants.append(MutantResult(f"{ob}/code:{m['name']}", ob, refuted, m["message"], desc))
+    c10 = data.get("contract10", {"state": "error", "message": "no composed_kmr contract run"})
+    scope10 = ("composed_kmr on the same method, two phases (1 and 2 proposals), unbounded integer "
+               "costs/budget/deltas, N <= 2, KeyboardInterrupt at any policy call")
+    if c10["state"] == "confirmed":
+        res10, det10 = "proved", f"CrossHair explored every path ({scope10})"
+    elif c10["state"] in ("post_fail", "exec_err", "post_err"):
+        res10, det10 = "failed", f"counterexample: {c10['message']}"
+    else:
+        res10, det10 = "unknown", f"CrossHair {c10['state']}: {c10['message']} ({scope10})"
+    rep.obligations.append(ObligationResult("alg10-crosshair", "KMR.alg10.prop1", "crosshair", res10,
+                                            float(c10.get("seconds", secs)), det10))
+    for m in data.get("mutants10", []):
+        refuted = m["state"] in ("post_fail", "exec_err", "post_err")
+        old, new, _ = CODE_MUTANTS10[m["name"]]
+        rep.mutants.append(MutantResult(f"alg10-crosshair/code:{m['name']}", "alg10-crosshair", refuted,
+                                        m["message"], f"compose.py: {old!r} -> {new!r}"))
 
 
 # ---------------------------------------------------------------- lemmas
