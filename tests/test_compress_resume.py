@@ -209,10 +209,12 @@ def test_replay_that_disagrees_is_refused(setup: Any, tmp_path: Path) -> None:
     out.mkdir()
     (out / "run.json").write_text((ref["dir"] / "run.json").read_text())
     recs[2]["cost"] += 1
-    (out / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:3]))
+    (out / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:3]) + '{"t": 3')
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(ConfigError) as e:
         compress(load_model(cfg), cfg, out_dir=out, resume=True)
     assert e.value.clause == "KMR.compress.resume" and "t=2" in e.value.message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # refused before any file changes
 
 
 def test_other_config_or_weights_refused(setup: Any, tmp_path: Path) -> None:

@@ -285,15 +285,20 @@ def _compress(model: nn.Module, config: CompressConfig, quality: QualityFn | Non
         assert out is not None
         prior, good = read_trace(out / TRACE_FILE)  # KMR.compress.resume: a torn last line is dropped
         _check_trace(prior, names, out / TRACE_FILE)
-        if (out / TRACE_FILE).exists():
-            with (out / TRACE_FILE).open("r+b") as fh:
-                fh.truncate(good)
     elif qfn is not None:
         try:
             q0 = float(QualityMeter("quality", qfn)(m0))
             qfn.pin(m0, q0)
         except KeyboardInterrupt:  # KMR.compress.interrupt: during the first measurement
             interrupted_at_start = True
+    if progress is not None:
+        progress.started(meter=config.meter, unit=cost.unit, budget=budget, cost=c0, quality=q0,
+                         max_steps=config.max_steps, resumed=len(prior))
+    # KMR.compress.resume: the replay checks every record before any file is touched
+    replayed = _replay(m0, phases, cost, prior, c0, q0, progress)
+    if header is not None and out is not None and (out / TRACE_FILE).exists():
+        with (out / TRACE_FILE).open("r+b") as fh:
+            fh.truncate(good)
     log: IO[str] | None = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -308,16 +313,13 @@ def _compress(model: nn.Module, config: CompressConfig, quality: QualityFn | Non
             os.fsync(log.fileno())
         else:
             log = (out / TRACE_FILE).open("a", encoding="utf-8")
-    if progress is not None:
-        progress.started(meter=config.meter, unit=cost.unit, budget=budget, cost=c0, quality=q0,
-                         max_steps=config.max_steps, resumed=len(prior))
     written: list[tuple[StepRecord, str]] = list(prior)
     try:
         if interrupted_at_start:
             state = _State(m0, c0, q0, Status.INTERRUPTED, [], [])
         else:
-            state = _pipeline(m0, phases, cost, qmeter, budget, config.max_steps, prior, log, written, progress,
-                              c0, q0)
+            state = _pipeline(replayed, phases, cost, qmeter, budget, config.max_steps, prior, log, written,
+                              progress)
     finally:
         if log is not None:
             log.close()
@@ -354,16 +356,19 @@ class _State:
     outcomes: list[PhaseOutcome]
 
 
-def _pipeline(m0: nn.Module, phases: Sequence[Phase[nn.Module]], cost: CostMeter[nn.Module],
-              qmeter: QualityMeter[nn.Module] | None, budget: Exact, max_steps: int,
-              prior: Sequence[tuple[StepRecord, str]], log: IO[str] | None,
-              written: list[tuple[StepRecord, str]], progress: ProgressSink | None,
-              c0: Exact, q0: float | None) -> _State:
-    """Algorithm 10 from M_0, or (``KMR.compress.resume``) from the state the prior records
-    reach: their accepted steps re-applied (``KMR.rule.deterministic``, each cost checked against
-    the record), the finished phases' outcomes restored, the phase in progress resumed with its
-    policy positioned after its records."""
-    names = [p.name for p in phases]
+@dataclass(frozen=True)
+class _Replayed:
+    model: nn.Module
+    cost: Exact
+    quality: float | None
+    used: int
+
+
+def _replay(m0: nn.Module, phases: Sequence[Phase[nn.Module]], cost: CostMeter[nn.Module],
+            prior: Sequence[tuple[StepRecord, str]], c0: Exact, q0: float | None,
+            progress: ProgressSink | None) -> _Replayed:
+    """``KMR.compress.resume``: the state the prior records reach, their accepted steps
+    re-applied from M_0 (``KMR.rule.deterministic``), each cost checked against the record."""
     rules: dict[str, Rule[nn.Module]] = {p.name: p.rule for p in phases}
     m, c, q, used = m0, c0, q0, 0
     for r, ph in prior:  # KMR.compress.resume: replay
@@ -379,6 +384,18 @@ def _pipeline(m0: nn.Module, phases: Sequence[Phase[nn.Module]], cost: CostMeter
             raise ConfigError(RESUME, f"replaying t={r.t} ({ph}: {r.knob} = {r.value}) gives cost {c}, the trace "
                                       f"says {r.cost_after}: the rule or meter is not deterministic here")
         q, used = r.quality, used + 1
+    return _Replayed(m, c, q, used)
+
+
+def _pipeline(start_state: _Replayed, phases: Sequence[Phase[nn.Module]], cost: CostMeter[nn.Module],
+              qmeter: QualityMeter[nn.Module] | None, budget: Exact, max_steps: int,
+              prior: Sequence[tuple[StepRecord, str]], log: IO[str] | None,
+              written: list[tuple[StepRecord, str]], progress: ProgressSink | None) -> _State:
+    """Algorithm 10 from M_0, or (``KMR.compress.resume``) from the replayed state: the finished
+    phases' outcomes restored, the phase in progress resumed with its policy positioned after its
+    records."""
+    names = [p.name for p in phases]
+    m, c, q, used = start_state.model, start_state.cost, start_state.quality, start_state.used
     outcomes: list[PhaseOutcome] = []
     start, positioned = 0, tuple[StepRecord, ...]()
     if prior:
