@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(cfg)
         rep = compress(model, cfg, out_dir=out, overwrite=args.overwrite, resume=args.resume is not None,
                        save_dense=args.dense, progress=sink)
-    except KeyboardInterrupt:  # before Algorithm 10 ran (loading, replay): nothing was written
-        print("kmr compress: interrupted before the run started; the output folder is unchanged", file=sys.stderr)
+    except KeyboardInterrupt:  # outside Algorithm 10 (loading, replay, saving): every record is on disk
+        print("kmr compress: interrupted; continue with kmr compress --resume DIR", file=sys.stderr)
         return 130
     except KMRError as e:  # KMR.compress.exit-code: 2, the message names the clause
         print(f"kmr compress: {e}", file=sys.stderr)
