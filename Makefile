@@ -38,3 +38,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Code-level checks beyond `make test` (proofs/README.md, "Proof <-> code"): the large small-world
+# bounds with every Z3 replay and an interrupt at every line; the code mutants of kmr_ref/core; and
+# mutmut over kmr_ref/core in a scratch copy (/tmp/kmr-mut; one worker, nice; tens of minutes),
+# which rewrites proofs/mutation_report.json (`kmr prove --mutation` prints it).
+.PHONY: exhaustive mutation
+exhaustive: $(STAMP)
+	PYTHONPATH=proofs $(PY) -m kmr_proofs.exhaustive large --everywhere --sample 2000 --seed $$(date +%s)
+
+mutation: $(STAMP)
+	PYTHONPATH=proofs $(PY) -m kmr_proofs.code_mutants
+	PYTHONPATH=proofs $(PY) -m kmr_proofs.mutation run --dest /tmp/kmr-mut
