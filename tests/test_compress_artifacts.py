@@ -219,3 +219,23 @@ def test_structured_batchnorm_reloads(tmp_path: Path) -> None:
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert {(c["path"], c["kind"]) for c in man["modules"]} == {("0", "resize"), ("1", "resize"), ("4", "resize")}
     assert man["modules"][1]["attrs"] == {"num_features": 4}
+
+
+def test_eval_refuses_what_it_cannot_rebuild(tmp_path: Path) -> None:
+    """KMR.compress.eval KMR.compress.load: a folder without a report, or a Python-API run with no
+    factory to rebuild from, exits 2 naming the clause."""
+    import argparse
+    import contextlib
+    import io
+
+    from kmr_ref.cli import eval_cmd
+
+    cfg = CompressConfig(phases=(PhaseConfig(PruneMethod(), ScheduledConfig(("1/2",))),), meter="nonzeros",
+                         budget=0)
+    compress(mlp(), cfg, out_dir=tmp_path / "py")
+    for d, clause in ((tmp_path / "empty", "KMR.compress.eval"), (tmp_path / "py", "KMR.compress.load")):
+        d.mkdir(exist_ok=True)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert eval_cmd.run(argparse.Namespace(run_dir=d, json=True)) == 2
+        assert clause in err.getvalue()
