@@ -98,9 +98,22 @@ def chunk_entries(device: torch.device, n: int, bytes_per_entry: int, workers: i
     return 1 << (c.bit_length() - 1)
 
 
+def _others_running() -> int:
+    """Runnable threads of other processes right now: the ``R`` of ``/proc/loadavg``'s ``R/T``
+    field, less the calling thread (0 where unknown)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return max(0, int(f.read().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def workers_for(device: torch.device, workers: int | None = None) -> int:
-    """Worker threads for a kernel call: ``workers`` if given, else torch's intra-op thread count
-    bounded by the cores this process may run on; 1 on accelerators."""
+    """Worker threads for a kernel call: ``workers`` if given; else torch's intra-op thread count,
+    bounded by the cores this process may run on and by the cores not busy right now (as OpenMP's
+    dynamic mode does with the load average): a worker on a core that another process keeps busy
+    gets a share of a time slice, and since the workers hand the GIL to one another between ops, a
+    descheduled worker stalls its peers. 1 on accelerators."""
     if device.type != "cpu":
         return 1
     if workers is not None:
@@ -110,7 +123,7 @@ def workers_for(device: torch.device, workers: int | None = None) -> int:
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
     threads = getattr(_caller, "threads", None) or torch.get_num_threads()
-    return max(1, min(threads, cores))
+    return max(1, min(threads, cores, cores - _others_running()))
 
 
 @contextmanager
