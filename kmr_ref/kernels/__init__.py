@@ -1,7 +1,9 @@
 """Fast kernels for the reference rules of ``kmr_ref.methods``, equal to them bit for bit.
 
-``prune_select``: global magnitude pruning by radix select (``KMR.prune.*``);
-``quant_fused``: per-channel / per-group affine quantization, observe + quantize fused (``KMR.quant.*``).
+``prune_select``: global magnitude pruning in one pass (sampled band) or by a top-bits histogram
+with a radix fallback (``KMR.prune.*``); ``quant_fused``: per-channel / per-group affine
+quantization, observe + quantize fused per cache-sized block (``KMR.quant.*``); ``parallel``: chunk
+sizes from the cache, one worker per free core, one intra-op thread per op.
 ``tests/test_kernels.py`` proves each kernel equal to its reference; ``spec/methods/kernels.md``
 says which clauses each implements. The kernels are informative: the spec is normative.
 """
