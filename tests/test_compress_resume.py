@@ -257,3 +257,18 @@ def test_resume_without_header_starts_afresh(setup: Any, tmp_path: Path) -> None
     with pytest.raises(ConfigError) as e:
         compress(load_model(cfg), replace(cfg, out_dir=None), resume=True)
     assert e.value.clause == "KMR.compress.resume"
+
+
+def test_cli_resume_with_another_config_exits_2(setup: Any, tmp_path: Path) -> None:
+    """KMR.compress.resume KMR.compress.exit-code: `kmr compress OTHER.toml --resume DIR` is
+    refused with exit 2 naming the clause; a folder with no header and no config also exits 2."""
+    from tests.test_compress import run_cli
+
+    toml, _, ref = setup
+    other = tmp_path / "other.toml"
+    other.write_text(toml.read_text().replace('budget = "25%"', 'budget = "20%"'))
+    rc, _, err = run_cli(["compress", str(other), "--resume", str(ref["dir"]), "--json"])
+    assert rc == 2 and "KMR.compress.resume" in err and "config differs" in err
+    (tmp_path / "bare").mkdir()
+    rc, _, err = run_cli(["compress", "--resume", str(tmp_path / "bare"), "--json"])
+    assert rc == 2 and "KMR.compress.resume" in err
