@@ -35,7 +35,7 @@ from kmr_ref.core import Exact, KMRResult, Status, StepRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = {"proved", "failed", "unknown"}
-KINDS = {"induction", "bounded", "replay", "crosshair", "lemma"}
+KINDS = {"induction", "bounded", "replay", "crosshair", "lemma", "exhaustive"}
 HAVE_CROSSHAIR = importlib.util.find_spec("crosshair") is not None
 
 
@@ -65,8 +65,11 @@ def test_prove_json_contract(prove_json: tuple[int, dict[str, Any]]) -> None:
     assert isinstance(obs, list) and isinstance(muts, list)
     ids = set()
     for o in obs:
-        assert {"id", "clause", "kind", "result", "seconds"} <= set(o), o
+        assert {"id", "clause", "kind", "result", "seconds", "checks"} <= set(o), o
         assert o["result"] in RESULTS and o["kind"] in KINDS, o
+        # issue 8: whether each obligation is checked on the model, on the code, or both
+        assert o["checks"] == {"induction": "model", "bounded": "model", "lemma": "model", "crosshair": "code",
+                               "replay": "both", "exhaustive": "both"}[o["kind"]], o
         assert isinstance(o["seconds"], (int, float)) and o["seconds"] >= 0
         assert re.fullmatch(r"KMR\.[a-z0-9]+\.[a-z0-9-]+", o["clause"]), o["clause"]
         ids.add(o["id"])
@@ -112,7 +115,7 @@ def test_prove_covers_alg10(prove_json: tuple[int, dict[str, Any]]) -> None:
     obs, muts = data["obligations"], data["mutants"]
     assert isinstance(obs, list) and isinstance(muts, list)
     kinds = {o["kind"] for o in obs if o["clause"] == "KMR.alg10.prop1"}
-    assert kinds == {"induction", "bounded"}, kinds
+    assert {"induction", "bounded"} <= kinds <= {"induction", "bounded", "crosshair"}, kinds
     assert any(o["id"] == "alg10-replay" and o["kind"] == "replay" and o["result"] == "proved" for o in obs)
     for c in ("KMR.alg10.skip", "KMR.alg10.phase-break", "KMR.alg10.status", "KMR.alg10.phase-run"):
         assert any(o["clause"] == c and o["kind"] == "induction" and o["result"] == "proved" for o in obs), c
@@ -285,6 +288,7 @@ def test_exit_rule() -> None:
     rep = Report([ok], [mut])
     _finish_crosshair(rep, "crosshair-tool is not installed", 0.0)
     ch = [o for o in rep.obligations if o.kind == "crosshair"]
-    assert len(ch) == 5 and all(o.result == "unknown" and "not installed" in o.detail for o in ch)
+    assert len(ch) == 6 and all(o.result == "unknown" and "not installed" in o.detail for o in ch)
+    assert {o.checks for o in ch} == {"code"}  # CrossHair runs the code itself (P1a-e and alg10-crosshair)
     assert rep.exit_code() == 0
     assert rep.exit_code(strict=True) == 1

@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the replayed runs")
     p.add_argument("--show-counterexamples", action="store_true",
                    help="print the concrete trace refuting each mutant")
+    p.add_argument("--mutation", action="store_true",
+                   help="also run every code mutant of kmr_ref/core (each in a scratch copy; ~1-2 min) and "
+                        "print the committed mutmut report (proofs/mutation_report.json, `make mutation`)")
     p.set_defaults(func=run)
 
 
@@ -37,7 +40,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"kmr prove: the kmr_proofs package is not importable ({e})")
         return 2
     rep = run_all(cases=args.cases, seed=args.seed, crosshair=not args.no_crosshair)
-    code = rep.exit_code(strict=args.strict)
+    mut_code = 0
+    if args.mutation:
+        from kmr_proofs import mutation
+        from kmr_proofs.runner import code_mutants
+
+        code_mutants(rep)
+        if args.json:
+            rep_json = rep.to_json()
+            rep_json["mutmut"] = mutation.load_report()
+            print(json.dumps(rep_json, indent=2))
+            return max(rep.exit_code(strict=args.strict), mutation.exit_code())
+        mut_code = mutation.report()
+    code = max(rep.exit_code(strict=args.strict), mut_code)
     if args.json:
         print(json.dumps(rep.to_json(), indent=2))
         return code
@@ -51,10 +66,10 @@ def _print_table(rep: Any, show_cex: bool) -> None:
 
     colour = {"proved": "green", "failed": "red", "unknown": "yellow"}
     table = Table(title="kmr prove — proof obligations")
-    for col in ("obligation", "clause", "method", "result", "seconds"):
+    for col in ("obligation", "clause", "method", "checks", "result", "seconds"):
         table.add_column(col, justify="right" if col == "seconds" else "left")
     for o in rep.obligations:
-        table.add_row(o.id, o.clause, o.kind, f"[{colour.get(o.result, 'white')}]{o.result}[/]",
+        table.add_row(o.id, o.clause, o.kind, o.checks, f"[{colour.get(o.result, 'white')}]{o.result}[/]",
                       f"{o.seconds:.2f}")
     mt = Table(title="mutants (each must be refuted)")
     for col in ("mutant", "obligation", "result"):

@@ -517,8 +517,8 @@ ALG10_SMALL = Bound(costs=(1, 3), budgets=(0, 1), steps=(0, 1, 2, 3), deltas=(-2
                                                                     "err-cost"))
 ALG1_LARGE = Bound(costs=(0, 1, 2, 3, 4), budgets=(-1, 0, 1, 2, 3), steps=(0, 1, 2, 3, 4),
                    deltas=(-2, -1, 0, 1), max_proposals=4, fault_calls=(0, 1, 2, 3))
-ALG10_LARGE = Bound(costs=(0, 1, 2, 4), budgets=(0, 1, 2), steps=(0, 1, 2, 3, 4), deltas=(-2, -1, 0, 1),
-                    max_proposals=2, max_phases=3, fault_calls=(0, 1, 3))
+ALG10_LARGE = Bound(costs=(1, 2, 4), budgets=(0, 1), steps=(0, 1, 2, 3, 4), deltas=(-2, -1, 0), max_proposals=2,
+                    max_phases=3, fault_calls=(0, 2))
 
 
 @dataclass

@@ -66,11 +66,19 @@ def _mutmut() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "mutmut"]
 
 
-def run(dest: Path, max_children: int = 1, out: Path = REPORT) -> dict[str, Any]:
+def run(dest: Path, max_children: int = 1, out: Path = REPORT, base: Path | None = None) -> dict[str, Any]:
+    """Run mutmut in ``dest``. With ``base`` (an earlier report, e.g. of a run with fewer tests),
+    only its survivors are run again and its other verdicts are kept: adding tests never revives
+    a killed mutant."""
     t0 = time.perf_counter()
     _copy(dest)
     env = dict(os.environ, KMR_EXHAUSTIVE_QUICK="1", HYPOTHESIS_PROFILE="dev")
-    cmd = ["nice", "-n", "10", *_mutmut(), "run", "--max-children", str(max_children)]
+    prior: dict[str, str] = {}
+    names: list[str] = []
+    if base is not None:
+        prior = json.loads(base.read_text(encoding="utf-8"))["statuses"]
+        names = sorted(n for n, st in prior.items() if st not in ("killed", "timeout", "segfault"))
+    cmd = ["nice", "-n", "10", *_mutmut(), "run", "--max-children", str(max_children), *names]
     p = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
     res = subprocess.run([*_mutmut(), "results", "--all", "true"], cwd=dest, env=env, capture_output=True, text=True)
     statuses: dict[str, str] = {}
@@ -78,6 +86,8 @@ def run(dest: Path, max_children: int = 1, out: Path = REPORT) -> dict[str, Any]
         if ":" in line:
             name, st = line.strip().rsplit(":", 1)
             statuses[name.strip()] = st.strip()
+    if prior:
+        statuses = {**prior, **{n: st for n, st in statuses.items() if n in names and st != "not checked"}}
     rep = summarize(statuses, time.perf_counter() - t0)
     rep["mutmut_exit"] = p.returncode
     rep["mutmut_tail"] = (p.stdout + p.stderr)[-2000:]
@@ -111,6 +121,21 @@ def summarize(statuses: dict[str, str], seconds: float) -> dict[str, Any]:
             "statuses": statuses, "diffs": {}}
 
 
+def load_report(path: Path = REPORT) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data.pop("diffs", None)
+    data.pop("statuses", None)
+    data.pop("mutmut_tail", None)
+    return data
+
+
+def exit_code(path: Path = REPORT) -> int:
+    rep = load_report(path)
+    return 1 if rep is None or rep["unexplained"] else 0
+
+
 def report(path: Path = REPORT) -> int:
     if not path.exists():
         print(f"no mutation report at {path}: run `make mutation` (takes tens of minutes)")
@@ -134,9 +159,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dest", default="/tmp/kmr-mut")
     ap.add_argument("--max-children", type=int, default=1)
     ap.add_argument("--out", default=str(REPORT), help="where the JSON report goes")
+    ap.add_argument("--base", default=None, help="an earlier report: rerun only its survivors")
     a = ap.parse_args(argv)
     if a.cmd == "run":
-        rep = run(Path(a.dest), a.max_children, Path(a.out))
+        rep = run(Path(a.dest), a.max_children, Path(a.out), Path(a.base) if a.base else None)
         print(f"mutmut exit {rep['mutmut_exit']}")
     return report(Path(a.out))
 

@@ -45,10 +45,21 @@ COVER10_DEPTH = 12
 class ObligationResult:
     id: str
     clause: str
-    kind: str  # induction | bounded | replay | crosshair | lemma
+    kind: str  # induction | bounded | replay | crosshair | lemma | exhaustive
     result: str  # proved | failed | unknown
     seconds: float
     detail: str = ""
+    checks: str = ""  # model | code | both: what the obligation is checked on (from kind)
+
+    def __post_init__(self) -> None:
+        if not self.checks:
+            self.checks = CHECKS[self.kind]
+
+
+# the model (the Z3 encoding or a formula), the code (kmr_ref/core itself), or both (runs of the
+# code checked against the model's transition relation)
+CHECKS = {"induction": "model", "bounded": "model", "lemma": "model", "crosshair": "code",
+          "replay": "both", "exhaustive": "both"}
 
 
 @dataclass
@@ -310,6 +321,54 @@ def _lemmas(rep: Report) -> None:
     _timed(rep, "quant-rounding-model", "KMR.quant.error-bound", "lemma", lemmas.rounding_checks)
 
 
+def _exhaustive(composed: bool) -> tuple[str, str]:
+    """Every small world through the code, against the interpreter and Proposition 1 (the quick
+    bound of tests/test_exhaustive.py; Algorithm 1's runs replayed through the encoding too)."""
+    import dataclasses
+
+    from kmr_proofs import exhaustive as ex
+
+    b1 = dataclasses.replace(ex.ALG1_SMALL, costs=(0, 1, 3), budgets=(0, 1), fault_calls=(0, 1), max_proposals=2)
+    b10 = dataclasses.replace(ex.ALG10_SMALL, steps=(0, 1, 2), fault_calls=(0,),
+                              fault_kinds=("ki-policy", "ki-record", "err-rule"))
+    try:
+        s = ex.check_all(b10, True, replay=False) if composed else ex.check_all(b1, False, replay=True)
+    except ex.Violation as e:
+        return "failed", str(e)
+    return "proved", f"{'composed_kmr' if composed else 'budgeted_kmr'}: {s.line()}"
+
+
+def _everywhere() -> tuple[str, str]:
+    from kmr_proofs import everywhere
+    from kmr_proofs import exhaustive as ex
+
+    try:
+        a = everywhere.check_all("interrupt", replay=False)
+        b = everywhere.check_all("error", replay=False)
+    except ex.Violation as e:
+        return "failed", str(e)
+    return "proved", (f"an interrupt at each of {a.points} and an error at each of {b.points} line events of "
+                      f"budgeted.py/compose.py ({len(everywhere.WORLDS)} worlds): every result keeps what was "
+                      "accepted")
+
+
+def code_mutants(rep: Report) -> None:
+    """``kmr prove --mutation``: every code mutant of kmr_ref/core (a scratch copy each) must be killed."""
+    from kmr_proofs import code_mutants as cm
+
+    t0 = time.perf_counter()
+    n_ok = 0
+    for name, (fname, _old, _new, why) in cm.MUTANTS.items():
+        o = cm.run_mutant(name)
+        n_ok += o.killed
+        rep.mutants.append(MutantResult(f"code-mutants/{name}", "code-mutants", o.killed, o.detail,
+                                        f"{fname}: {why}"))
+    rep.obligations.append(ObligationResult("code-mutants", "KMR.alg10.prop1", "exhaustive",
+                                            "proved" if n_ok == len(cm.MUTANTS) else "failed",
+                                            round(time.perf_counter() - t0, 3),
+                                            f"{n_ok}/{len(cm.MUTANTS)} code mutants killed by the checks above"))
+
+
 def run_all(*, cases: int = 30, seed: int = 0, crosshair: bool = True, alg10: bool = True) -> Report:
     """Every obligation and mutant (``alg10=False`` leaves out Algorithm 10's). CrossHair runs in
     a child process, in parallel."""
@@ -325,6 +384,10 @@ def run_all(*, cases: int = 30, seed: int = 0, crosshair: bool = True, alg10: bo
             _timed(rep, "alg10-replay", "KMR.alg10.phase-trace", "replay",
                    lambda: _replay10(max(1, cases * 2 // 3), seed))
         _lemmas(rep)
+        _timed(rep, "alg1-exhaustive", "KMR.alg1.return", "exhaustive", lambda: _exhaustive(False))
+        if alg10:
+            _timed(rep, "alg10-exhaustive", "KMR.alg10.return", "exhaustive", lambda: _exhaustive(True))
+        _timed(rep, "interrupt-every-line", "KMR.alg1.interrupt", "exhaustive", _everywhere)
     except BaseException:
         if not isinstance(proc, str):
             proc.kill()
