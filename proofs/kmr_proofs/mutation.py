@@ -77,7 +77,8 @@ def run(dest: Path, max_children: int = 1, out: Path = REPORT, base: Path | None
     names: list[str] = []
     if base is not None:
         prior = json.loads(base.read_text(encoding="utf-8"))["statuses"]
-        names = sorted(n for n, st in prior.items() if st not in ("killed", "timeout", "segfault"))
+        names = sorted(n for n, st in prior.items()
+                       if st not in ("killed", "timeout", "segfault", "check was interrupted by user"))
     cmd = ["nice", "-n", "10", *_mutmut(), "run", "--max-children", str(max_children), *names]
     p = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
     res = subprocess.run([*_mutmut(), "results", "--all", "true"], cwd=dest, env=env, capture_output=True, text=True)
@@ -107,7 +108,10 @@ def equivalents() -> dict[str, str]:
 
 
 def summarize(statuses: dict[str, str], seconds: float) -> dict[str, Any]:
-    killed = sorted(n for n, s in statuses.items() if s in ("killed", "timeout", "segfault"))
+    # "check was interrupted by user": the mutant let a KeyboardInterrupt escape Algorithm 1 into
+    # pytest, which stops as if Ctrl-C were pressed (exit 2): a test did not pass, so it is killed
+    leaked = sorted(n for n, s in statuses.items() if s == "check was interrupted by user")
+    killed = sorted(n for n, s in statuses.items() if s in ("killed", "timeout", "segfault")) + leaked
     survivors = sorted(n for n, s in statuses.items() if s in ("survived", "no tests", "suspicious"))
     other = sorted(n for n, s in statuses.items() if n not in killed and n not in survivors)
     eq = equivalents()
@@ -116,7 +120,7 @@ def summarize(statuses: dict[str, str], seconds: float) -> dict[str, Any]:
     score_ne = len(killed) / max(1, len(killed) + len(survivors) - len(listed))
     return {"mutants": len(statuses), "killed": len(killed), "survived": len(survivors), "other": other,
             "score": round(score, 4), "score_non_equivalent": round(score_ne, 4),
-            "survivors": survivors, "equivalent_listed": listed,
+            "survivors": survivors, "equivalent_listed": listed, "killed_by_leaked_interrupt": leaked,
             "unexplained": [n for n in survivors if n not in eq], "seconds": round(seconds, 1),
             "statuses": statuses, "diffs": {}}
 
