@@ -17,12 +17,14 @@ from kmr_ref.compress.config import (
     DEFAULT_KNOB,
     METER_NAMES,
     METERS,
+    METHODS,
     PER_LAYER_PREFIX,
     POLICIES,
     SELECT,
     TOML,
     CompressConfig,
     ConfigError,
+    DistillMethod,
     LowRankMethod,
     MethodConfig,
     PhaseConfig,
@@ -37,6 +39,7 @@ from kmr_ref.core.knobs import FiniteDomain, IntRange, Knob, RealInterval
 from kmr_ref.core.meters import CostMeter
 from kmr_ref.core.policy import GreedyPolicy, Policy, Proposal, ScheduledPolicy, ladder_candidates
 from kmr_ref.core.rules import Rule
+from kmr_ref.methods.distillation import Distillation
 from kmr_ref.methods.lowrank import LowRank
 from kmr_ref.methods.meters import macs_meter, nonzero_meter, parameter_meter
 from kmr_ref.methods.pruning import MagnitudePruning
@@ -122,6 +125,8 @@ def build_rule(pc: PhaseConfig | MethodConfig, model: nn.Module, where: str = "p
     if not isinstance(pc, PhaseConfig):
         pc = PhaseConfig(pc, ScheduledConfig((0,)))
     method = pc.method
+    if isinstance(method, DistillMethod) and (pc.include is not None or pc.exclude):
+        raise ConfigError(SELECT, f"{where}: distill trains a whole new model; include / exclude do not apply")
     selected_names(pc, model, where)  # KMR.compress.select: every pattern must match a parameter of M_0
     inc = None if pc.include is None else list(pc.include)
     exc = list(pc.exclude)
@@ -133,8 +138,25 @@ def build_rule(pc: PhaseConfig | MethodConfig, model: nn.Module, where: str = "p
                                              exclude=exc)
     if isinstance(method, StructuredMethod):
         return StructuredPruning.for_model(model, p=method.p, scope=method.scope, include=inc, exclude=exc)
+    if isinstance(method, DistillMethod):
+        return build_distillation(method)
     assert isinstance(method, LowRankMethod)
     return LowRank.for_model(model, include=inc, exclude=exc)
+
+
+def build_distillation(method: DistillMethod) -> Rule[nn.Module]:
+    """``KMR.compress.methods``: the distillation rule with its training split from ``data`` (a
+    zero-argument function returning ``(x, y)``) and its student family from ``student``."""
+    split = import_object(method.data, "data")()
+    if not (isinstance(split, tuple) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split)):
+        raise ConfigError(METHODS, f"distill: data = {method.data!r} must return a tuple (x, y) of tensors, "
+                                   f"got {type(split).__name__}")
+    student = import_object(method.student, "student")
+    try:
+        return Distillation(split[0], split[1], temperature=method.temperature, alpha=method.alpha,
+                            steps=method.steps, seed=method.seed, student=student)
+    except KMRError as e:
+        raise ConfigError(METHODS, f"distill: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------

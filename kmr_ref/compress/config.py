@@ -119,14 +119,48 @@ class LowRankMethod:
     method: Literal["lowrank"] = field(default="lowrank", init=False)
 
 
-MethodConfig = PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod
+@dataclass(frozen=True)
+class DistillMethod:
+    """``distill``: :class:`~kmr_ref.methods.distillation.Distillation` (knob ``width``;
+    ``spec/methods/distillation.md``). ``data`` and ``student`` are ``"module:attr"`` import paths:
+    a zero-argument function returning the training split ``(x, y)``, and the student family
+    ``student(width) -> nn.Module``."""
+
+    temperature: object = 4
+    alpha: object = "1/2"
+    steps: int = 300
+    seed: int = 0
+    data: str = "kmr_ref.examples.shifted_digits:digits_train"
+    student: str = "kmr_ref.methods.distillation:digits_student"
+    method: Literal["distill"] = field(default="distill", init=False)
+
+    def __post_init__(self) -> None:  # KMR.compress.methods: the settings of KMR.distill.settings
+        for key, lo_open, hi in (("temperature", True, None), ("alpha", False, 1)):
+            v = getattr(self, key)
+            try:
+                q = to_exact(v, clause=METHODS, error=ConfigError, what=key) if not isinstance(v, bool) else None
+            except ConfigError:
+                q = None
+            if q is None or (q <= 0 if lo_open else q < 0) or (hi is not None and q > hi):
+                want = "an exact number > 0" if lo_open else "an exact number in [0, 1]"
+                raise ConfigError(METHODS, f"distill: {key} must be {want}, got {v!r}")
+        int_in("steps", self.steps, 1, 10**9, "distill")
+        int_in("seed", self.seed, 0, 2**63 - 1, "distill")
+        check_import_path("data", self.data)
+        check_import_path("student", self.student)
+
+
+MethodConfig = PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod | DistillMethod
 METHOD_TYPES: dict[str, type[MethodConfig]] = {
     "prune": PruneMethod, "quantize": QuantizeMethod, "structured": StructuredMethod, "lowrank": LowRankMethod,
+    "distill": DistillMethod,
 }
 METHOD_KEYS = {"prune": ("scope", "kernel"), "quantize": ("scheme", "granularity", "group_size", "bits"),
-               "structured": ("p", "scope"), "lowrank": ()}
+               "structured": ("p", "scope"), "lowrank": (),
+               "distill": ("temperature", "alpha", "steps", "seed", "data", "student")}
 # KMR.compress.policies: the knob a scheduled policy drives when it names none
-DEFAULT_KNOB = {"prune": "sparsity", "quantize": "bits", "structured": "fraction", "lowrank": "energy"}
+DEFAULT_KNOB = {"prune": "sparsity", "quantize": "bits", "structured": "fraction", "lowrank": "energy",
+                "distill": "width"}
 # KMR.compress.policies: greedy "per-layer" = these knobs, one per layer or tensor
 PER_LAYER_PREFIX = {"prune": "sparsity@", "quantize": "bits@", "structured": "fraction@", "lowrank": "energy@"}
 
@@ -182,7 +216,8 @@ class PhaseConfig:
     exclude: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod):
+        if not isinstance(self.method, PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod
+                          | DistillMethod):
             raise ConfigError(CONFIG, f"phase method must be one of {sorted(METHOD_TYPES)}, got {self.method!r}")
         if not isinstance(self.policy, ScheduledConfig | GreedyConfig):
             raise ConfigError(CONFIG, f"phase policy must be scheduled or greedy, got {self.policy!r}")
