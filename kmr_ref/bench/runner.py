@@ -34,8 +34,10 @@ PEAK_EXTRA_DEFINITION = (
     "Raw figures: peak_delta_bytes, result_bytes."
 )
 TIMING_DEFINITION = (
-    "ours_s, peer_s, copy_s: medians over repeats of one call, each implementation in a fresh "
-    "process with torch's thread count (threads); copy_s is clone() of every tensor (allocation "
+    "ours_s, peer_s, copy_s: medians over rounds; in each round every implementation makes one call, "
+    "all in one process on one model, the order rotating from round to round, so that the figures of "
+    "a round share the machine's background load (peak memory is measured apart, one fresh process "
+    "per implementation); torch's thread count (threads) throughout; copy_s is clone() of every tensor (allocation "
     "included, as ours and the peer allocate their results); copy_into_s copies into preallocated, "
     "pre-touched tensors (no page faults); ours_1t_s is ours with one thread. With load K, each case "
     "also holds 'quiet' and 'loaded' timings, the latter measured while K busy-looping processes "
@@ -102,19 +104,29 @@ def busy_load(k: int, max_s: float = _LOAD_MAX_S) -> Iterator[list[subprocess.Po
                 p.wait()
 
 
-def _run_worker(case: str, impl: str, size: int, repeats: int, threads: int, device: str,
-                baseline: str | None) -> dict[str, Any]:
+def _worker(args: list[str], baseline: str | None) -> dict[str, Any]:
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if baseline:
         env["KMR_BENCH_BASELINE"] = os.path.abspath(baseline)
-    cmd = [sys.executable, "-m", "kmr_ref.bench.worker", case, impl, str(size), str(repeats), str(threads), device]
+    cmd = [sys.executable, "-m", "kmr_ref.bench.worker", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"bench worker failed ({' '.join(cmd[2:])}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"bench worker failed ({' '.join(args)}):\n{proc.stderr[-4000:]}")
     res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return res
+
+
+def _memory(case: str, impl: str, size: int, threads: int, device: str) -> dict[str, Any]:
+    """Peak memory of the first call (and, for the peer, its agreement with ours), fresh process."""
+    return _worker([case, impl, str(size), "1", str(threads), device], None)
+
+
+def _interleaved(case: str, impls: tuple[str, ...], size: int, repeats: int, threads: int, device: str,
+                 baseline: str | None) -> dict[str, Any]:
+    return _worker(["--interleave", case, str(size), str(repeats), str(threads), device, ",".join(impls)],
+                   baseline)
 
 
 def _extra(r: dict[str, Any]) -> int:
@@ -137,24 +149,19 @@ def _peak_bandwidth(device: str) -> float | None:
     return 2.0 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
 
 
-def _timings(rs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {f"{impl}_s": r["median_s"] for impl, r in rs.items()}
-    out["times"] = {impl: r["times"] for impl, r in rs.items()}
+def _timings(t: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {f"{impl}_s": m for impl, m in t["median_s"].items()}
+    out["times"] = t["times"]
     return out
 
 
 def _phase(cases: tuple[str, ...], impls: tuple[str, ...], size: int, reps: int, nthreads: int, device: str,
-           baseline: str | None, label: str,
-           progress: Callable[[str], None] | None) -> dict[str, dict[str, dict[str, Any]]]:
-    res: dict[str, dict[str, dict[str, Any]]] = {}
+           baseline: str | None, label: str, progress: Callable[[str], None] | None) -> dict[str, dict[str, Any]]:
+    res: dict[str, dict[str, Any]] = {}
     for case in cases:
-        res[case] = {}
-        for impl in impls:
-            if progress:
-                progress(f"{label}{case}: {impl} (size {size:,}, {reps} repeats)")
-            threads = 1 if impl == "ours_1t" else nthreads
-            run_impl = "ours" if impl == "ours_1t" else impl
-            res[case][impl] = _run_worker(case, run_impl, size, reps, threads, device, baseline)
+        if progress:
+            progress(f"{label}{case}: {', '.join(impls)} interleaved (size {size:,}, {reps} rounds)")
+        res[case] = _interleaved(case, impls, size, reps, nthreads, device, baseline)
     return res
 
 
@@ -170,8 +177,15 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
     impls = IMPLS + (("baseline",) if baseline else ())
     load_start = loadavg()
     t0 = time.perf_counter()
+    mem: dict[str, dict[str, dict[str, Any]]] = {}
+    for case in cases:
+        mem[case] = {}
+        for impl in ("ours", "peer", "copy"):
+            if progress:
+                progress(f"{case}: {impl}, peak memory (size {size:,})")
+            mem[case][impl] = _memory(case, impl, size, nthreads, device)
     quiet = _phase(cases, impls, size, reps, nthreads, device, baseline, "", progress)
-    loaded: dict[str, dict[str, dict[str, Any]]] | None = None
+    loaded: dict[str, dict[str, Any]] | None = None
     load_during: list[float] | None = None
     if load:
         with busy_load(load):
@@ -180,21 +194,22 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
     peak_bw = _peak_bandwidth(device)
     out_cases = []
     for case in cases:
-        rs = quiet[case]
-        ours, peer, copy = rs["ours"], rs["peer"], rs["copy"]
+        q = _timings(quiet[case])
+        ms = mem[case]
+        ours, peer, copy = ms["ours"], ms["peer"], ms["copy"]
         mism = int(peer["mismatches"])
         moved = _bytes_moved(case, int(ours["model_bytes"]))
         c: dict[str, Any] = {
             "name": case,
             "size": size,
-            "ours_s": ours["median_s"],
-            "peer_s": peer["median_s"],
-            "copy_s": copy["median_s"],
-            "copy_into_s": rs["copy_into"]["median_s"],
-            "ours_1t_s": rs["ours_1t"]["median_s"],
-            "speedup": peer["median_s"] / ours["median_s"],
-            "vs_copy": ours["median_s"] / copy["median_s"],
-            "vs_copy_into": ours["median_s"] / rs["copy_into"]["median_s"],
+            "ours_s": q["ours_s"],
+            "peer_s": q["peer_s"],
+            "copy_s": q["copy_s"],
+            "copy_into_s": q["copy_into_s"],
+            "ours_1t_s": q["ours_1t_s"],
+            "speedup": q["peer_s"] / q["ours_s"],
+            "vs_copy": q["ours_s"] / q["copy_s"],
+            "vs_copy_into": q["ours_s"] / q["copy_into_s"],
             "peak_extra_bytes": _extra(ours),
             "model_bytes": ours["model_bytes"],
             "agree": mism == 0,
@@ -203,18 +218,20 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
             "peer_peak_extra_bytes": _extra(peer),
             "copy_peak_extra_bytes": _extra(copy),
             "bytes_moved": moved,
-            "bandwidth_bytes_per_s": moved / ours["median_s"],
-            "bandwidth_fraction": moved / ours["median_s"] / peak_bw if peak_bw else None,
-            "raw": {impl: {k: r[k] for k in ("times", "peak_delta_bytes", "result_bytes")} for impl, r in rs.items()},
+            "bandwidth_bytes_per_s": moved / q["ours_s"],
+            "bandwidth_fraction": moved / q["ours_s"] / peak_bw if peak_bw else None,
+            "raw": {impl: {"times": q["times"][impl],
+                           "peak_delta_bytes": ms[impl]["peak_delta_bytes"] if impl in ms else None,
+                           "result_bytes": ms[impl]["result_bytes"] if impl in ms else None} for impl in impls},
             "ours": OURS[case],
             "peer": PEERS[case],
             "repeats": reps,
         }
         if baseline:
-            c["baseline_s"] = rs["baseline"]["median_s"]
-            c["speedup_vs_baseline"] = rs["baseline"]["median_s"] / ours["median_s"]
+            c["baseline_s"] = q["baseline_s"]
+            c["speedup_vs_baseline"] = q["baseline_s"] / q["ours_s"]
         if loaded is not None:
-            q, ld = _timings(rs), _timings(loaded[case])
+            ld = _timings(loaded[case])
             growth = {impl: ld[f"{impl}_s"] / q[f"{impl}_s"] for impl in impls}
             c["quiet"] = q
             c["loaded"] = ld
@@ -233,7 +250,7 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
         "loadavg_loaded": load_during,
         "peak_bandwidth_bytes_per_s": peak_bw,
         "wall_s": time.perf_counter() - t0,
-        "mem_method": quiet[cases[0]]["ours"]["mem_method"] if cases else None,
+        "mem_method": mem[cases[0]]["ours"]["mem_method"] if cases else None,
         "peak_extra_definition": PEAK_EXTRA_DEFINITION,
         "timing_definition": TIMING_DEFINITION,
         "baseline": os.path.abspath(baseline) if baseline else None,

@@ -1,6 +1,7 @@
 """One measurement in a fresh process: ``python -m kmr_ref.bench.worker CASE IMPL SIZE REPEATS
 THREADS DEVICE`` prints one JSON object (times, peak memory, result bytes, and for ``peer`` the
-agreement with ours).
+agreement with ours); ``python -m kmr_ref.bench.worker --interleave CASE SIZE REPEATS THREADS DEVICE
+IMPL,IMPL,...`` times several implementations round-robin in one process (:func:`interleave`).
 
 Implementations per case:
 
@@ -211,7 +212,46 @@ def measure(case: str, impl: str, size: int, repeats: int, threads: int, device:
     }
 
 
+def interleave(case: str, impls: list[str], size: int, repeats: int, threads: int, device: str) -> dict[str, Any]:
+    """Time every implementation on one model in ONE process, round-robin (the order rotates each
+    round), so that each round's figures share the machine's background load: their ratios are
+    fair on a busy machine. ``ours_1t`` is ours with one intra-op thread. Returns the times."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    tensors = make_tensors(size, device)
+    calls: dict[str, Callable[[], Any]] = {}
+    with torch.no_grad():
+        for impl in impls:
+            base = "ours" if impl == "ours_1t" else impl
+            _impl(case, base, make_tensors(4096, device))[0]()  # warm-up: lazy initialisation
+            calls[impl] = _impl(case, base, tensors)[0]
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    with torch.no_grad():
+        for r in range(repeats):
+            for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
+                torch.set_num_threads(1 if impl == "ours_1t" else threads)
+                gc.collect()
+                sync()
+                t0 = time.perf_counter()
+                out = calls[impl]()
+                sync()
+                times[impl].append(time.perf_counter() - t0)
+                del out
+    torch.set_num_threads(threads)
+    return {"case": case, "size": size, "times": times,
+            "median_s": {impl: statistics.median(ts) for impl, ts in times.items()}}
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--interleave":
+        case, size, repeats, threads, device, impls = argv[1:]
+        print(json.dumps(interleave(case, impls.split(","), int(size), int(repeats), int(threads), device)))
+        return 0
     case, impl, size, repeats, threads, device = argv
     print(json.dumps(measure(case, impl, int(size), int(repeats), int(threads), device)))
     return 0
