@@ -106,3 +106,37 @@ def test_phase_outcomes_and_tags() -> None:
     assert out.result.status is Status.POLICY_STOP and out.result.model == 4
     assert out.result.cost_initial == 10 and out.result.budget == 0
     assert Fraction(out.result.cost_final) == 4
+
+
+@pytest.mark.parametrize("refusal", [AttributeError, TypeError])
+def test_exception_refusing_attributes_propagates_unchanged(refusal: type[Exception]) -> None:
+    """KMR.alg1.error: an exception that refuses the kmr_partial attribute (its __setattr__ raises
+    AttributeError or TypeError) still propagates unchanged, without a partial result."""
+    class Frozen(Exception):
+        def __setattr__(self, name: str, value: object) -> None:
+            raise refusal(name)
+
+    class Failing(SetTo):
+        def apply(self, model: int, knob: str, value: KnobValue) -> int:
+            raise Frozen("rule failed")
+
+    tri: KMRTriple[int] = KMRTriple("t", Failing(), CostMeter("c", lambda m: m))
+    with pytest.raises(Frozen) as e:
+        budgeted_kmr(5, tri, ScheduledPolicy((Proposal("v", 1),)), 0, 3)
+    assert not hasattr(e.value, "kmr_partial")
+    with pytest.raises(Frozen):
+        composed_kmr(5, [Phase("a", Failing(), ScheduledPolicy((Proposal("v", 1),)))],
+                     CostMeter("c", lambda m: m), 0, 3)
+
+
+def test_partial_status_follows_line_13() -> None:
+    """KMR.alg1.error KMR.alg1.feasible: an error after an accepted step that reached the budget
+    carries a partial result with status feasible (as line 13 sets it); above it, interrupted."""
+    for budget, want in ((1, Status.FEASIBLE), (0, Status.INTERRUPTED)):
+        def boom(r: object) -> None:
+            raise RuntimeError("log failed")
+
+        with pytest.raises(RuntimeError) as e:
+            budgeted_kmr(5, _tri(), ScheduledPolicy((Proposal("v", 1),)), budget, 3, on_record=boom)
+        part = e.value.kmr_partial  # type: ignore[attr-defined]
+        assert part.status is want and part.model == 1 and part.cost_final == 1
