@@ -98,6 +98,8 @@ def test_nondeterministic_meter_detected() -> None:
     with pytest.raises(MeterError) as e2:
         composed_kmr([5], [ph], drift2, 0, 3)
     assert e2.value.clause == "KMR.meter.deterministic"
+    assert "phase 'a': cost meter 'drift' measured the same model as 5, then as 6" in str(e2.value)
+    assert "cost meter 'drift' measured the returned model as 3, then differently" in str(e.value)
 
 
 def test_checked_mode_catches_mutation() -> None:

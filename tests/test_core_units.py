@@ -140,3 +140,19 @@ def test_partial_status_follows_line_13() -> None:
             budgeted_kmr(5, _tri(), ScheduledPolicy((Proposal("v", 1),)), budget, 3, on_record=boom)
         part = e.value.kmr_partial  # type: ignore[attr-defined]
         assert part.status is want and part.model == 1 and part.cost_final == 1
+
+
+def test_phase_policy_sees_its_triple() -> None:
+    """KMR.alg10.shared-cost KMR.policy.state: each phase's policy is shown a triple named after
+    the phase, with the phase's rule and the pipeline's one cost meter (and quality meter)."""
+    seen: list[tuple[str, str, str | None]] = []
+    cost = CostMeter[int]("c", lambda m: m)
+    qual = QualityMeter[int]("q", lambda m: -m)
+
+    def pol(state: PolicyState[int]) -> Proposal | Stop:
+        tri = state.triple
+        seen.append((tri.name, tri.cost.name, None if tri.quality is None else tri.quality.name))
+        return Stop()
+
+    composed_kmr(10, [Phase("a", SetTo(), pol), Phase("b", SetTo(), pol)], cost, 0, 5, quality=qual)
+    assert seen == [("a", "c", "q"), ("b", "c", "q")]

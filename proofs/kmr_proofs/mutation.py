@@ -18,6 +18,7 @@ quick bound (``KMR_EXHAUSTIVE_QUICK=1``).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ CONFIG = """
 
 [tool.mutmut]
 source_paths = ["kmr_ref"]
-only_mutate = ["kmr_ref/core/*"]
+only_mutate = {only}
 also_copy = ["proofs", "spec"]
 pytest_add_cli_args_test_selection = {tests}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
@@ -51,7 +52,17 @@ def _copy(dest: Path) -> None:
         ".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis", "mutants"))
     py = dest / "pyproject.toml"
     tests = [t for t in (os.environ.get("KMR_MUTATION_TESTS") or " ".join(TESTS)).split() if (dest / t).exists()]
-    py.write_text(py.read_text(encoding="utf-8") + CONFIG.format(tests=json.dumps(tests)), encoding="utf-8")
+    py.write_text(py.read_text(encoding="utf-8") + CONFIG.format(tests=json.dumps(tests), only=json.dumps(_only())),
+                  encoding="utf-8")
+
+
+def _only() -> list[str]:
+    """The files mutated: all of kmr_ref/core, or ``KMR_MUTATE_ONLY`` (space-separated globs)."""
+    return (os.environ.get("KMR_MUTATE_ONLY") or "kmr_ref/core/*").split()
+
+
+def _file_of(mutant: str) -> str:
+    return "/".join(mutant.split(".")[:3]) + ".py"
 
 
 def _tests_of(dest: Path) -> list[str]:
@@ -78,7 +89,9 @@ def run(dest: Path, max_children: int = 1, out: Path = REPORT, base: Path | None
     if base is not None:
         prior = json.loads(base.read_text(encoding="utf-8"))["statuses"]
         names = sorted(n for n, st in prior.items()
-                       if st not in ("killed", "timeout", "segfault", "check was interrupted by user"))
+                       if st not in ("killed", "timeout", "segfault", "check was interrupted by user")
+                       and any(fnmatch.fnmatch(_file_of(n), g) for g in _only()))
+        prior = {n: st for n, st in prior.items() if any(fnmatch.fnmatch(_file_of(n), g) for g in _only())}
     cmd = ["nice", "-n", "10", *_mutmut(), "run", "--max-children", str(max_children), *names]
     p = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
     res = subprocess.run([*_mutmut(), "results", "--all", "true"], cwd=dest, env=env, capture_output=True, text=True)
