@@ -276,7 +276,7 @@ def vectors() -> list[Json]:
                  "z = 3 zeros, k = floor(1/2 * 8) = 4: the zeros and one more entry are pruned; "
                  "cost = n - max(z, k) = 4.",
                  [tensor("fc.weight", [2, 4], [5.0, 0.0, -0.0, 1.0, 0.0, -2.0, 0.5, 4.0])], "1/2"))
-    v.append(vec("prune-zeros-more-than-k", "KMR.prune.cost", GLOBAL,
+    v.append(vec("prune-zeros-more-than-k", "KMR.prune.zero-value", GLOBAL,
                  "z = 3 zeros, k = 2: only zeros are pruned (cost = n - max(z, k) = 5), the -0.0 "
                  "at the last zero position is kept as 80000000.",
                  [tensor("fc.weight", [2, 4], [5.0, 0.0, 1.0, -0.0, 3.0, -2.0, -0.0, 4.0])], "1/4"))
