@@ -43,7 +43,8 @@ def test_generated_vectors_are_schema_valid(vec: dict[str, object]) -> None:
                          ids=["signed-zero", "name-order"])
 def test_deviant_caught_with_ready_vector(adapter: object, clause: str) -> None:
     """A deviant fails the tier; the message names a clause and carries the shrunk vector, which
-    validates against the schema (not shrunk here, to stay fast; the CLI shrinks). (Shrunk to one tensor, a pruned -0.0 left as -0.0 cannot be told
+    validates against the schema (not shrunk here, to stay fast; the CLI shrinks). (Shrunk to one
+    tensor, a pruned -0.0 left as -0.0 cannot be told
     from a wrong choice among tied zeros: the tier's primary, KMR.prune.tie-break, is then blamed.)"""
     with pytest.raises(AssertionError) as ei:
         run_tier("prune-magnitude", ADAPTER_RUNNERS["prune-magnitude"](adapter), examples=60, shrink=False)

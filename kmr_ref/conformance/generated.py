@@ -33,7 +33,8 @@ from kmr_ref.spec_index import spec_root
 
 Json = Any
 KINDS = ("alg1", "prune-magnitude", "quant-uniform")
-_GEN = {"alg1": "generate_alg1.py", "prune-magnitude": "generate_pruning.py", "quant-uniform": "generate_quantization.py"}
+_GEN = {"alg1": "generate_alg1.py", "prune-magnitude": "generate_pruning.py",
+        "quant-uniform": "generate_quantization.py"}
 
 
 @cache
@@ -77,7 +78,8 @@ def _hex(x: float) -> str:
 @st.composite
 def prune_input(draw: st.DrawFn) -> Json:
     n_t = draw(st.integers(0, 3))
-    tensors, leaves = [], []
+    tensors: list[dict[str, Any]] = []
+    leaves: list[dict[str, Any]] = []
     big = draw(st.booleans())  # large n, where binary64 floor(s * n) goes wrong for some decimals s
     for i in range(n_t):
         rows, cols = (10, draw(st.sampled_from([10, 20, 30]))) if big and i == 0 else (
@@ -87,7 +89,7 @@ def prune_input(draw: st.DrawFn) -> Json:
                         "values": draw(st.lists(_bits(), min_size=rows * cols, max_size=rows * cols))})
         leaves.append({"name": name, "type": "Linear"})
     tree = draw(st.permutations(leaves)) if leaves else []
-    tensors.sort(key=lambda t: t["name"])  # listed by name: the tree decides the order
+    tensors.sort(key=lambda t: str(t["name"]))  # listed by name: the tree decides the order
     names = [t["name"] for t in tensors]
     knob = draw(st.sampled_from(["sparsity"] + [f"sparsity@{n}" for n in names]))
     sparsity = draw(st.one_of(
