@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -26,6 +26,7 @@ from kmr_ref.conformance.adapters import (
     PruneMagnitudeAdapter,
     PruneOutput,
     Scope,
+    SkipVector,
     bit_patterns,
     decode_spelling,
     exact_cost,
@@ -126,6 +127,14 @@ def describe_call(tensors: Sequence[tuple[str, F32Array]], knob: str, scope: str
             f"tree={json.dumps(tree)})")
 
 
+def _again(call: Callable[[], Json]) -> Json:
+    """The encoded result once more, for the diagnosis (None if the adapter declines now)."""
+    try:
+        return call_encoded(call)
+    except (NotSupported, SkipVector):
+        return None
+
+
 def diagnose(inp: Json, expected: Json, got: Json) -> list[str]:
     """Runner-level checks that pin a failure to a clause whatever vector shows it: every returned
     entry is its input's bit pattern or +0.0 (``KMR.prune.zero-value``); the number of nonzero
@@ -177,7 +186,7 @@ def run_prune_vector(vec: Mapping[str, Json], adapter: PruneMagnitudeAdapter) ->
 
     ok, diff = run_checked(vec, [a for _, a in tensors], getattr(adapter, "checks_input", True), call)
     if not ok:
-        problems += diagnose(inp, vec["expected"], call_encoded(call))
+        problems += diagnose(inp, vec["expected"], _again(call))
     if problems:  # KMR.meter.cost-exact is the runner's own check: blamed on its clause
         diff = "\n".join([*problems, *(x for x in diff.splitlines() if ".cost:" not in x)])
         ok = False

@@ -174,6 +174,7 @@ RUNNERS: dict[str, VectorRunner] = {
     "alg10": lazy_runner("kmr_ref.conformance.alg10_table", "run_alg10_vector"),
     "prune-magnitude": lazy_runner("kmr_ref.conformance.prune_runner", "reference_runner"),
     "quant-uniform": lazy_runner("kmr_ref.conformance.quant_runner", "reference_runner"),
+    "prune-structured": lazy_runner("kmr_ref.conformance.structured_runner", "reference_runner"),
 }
 IMPLEMENTATIONS: dict[str, dict[str, VectorRunner]] = {
     "reference": RUNNERS,
@@ -210,6 +211,7 @@ ADAPTER_RUNNERS: dict[str, Callable[[Any], VectorRunner]] = {
     "alg10": _lazy_factory("kmr_ref.conformance.alg10_table"),
     "prune-magnitude": _lazy_factory("kmr_ref.conformance.prune_runner"),
     "quant-uniform": _lazy_factory("kmr_ref.conformance.quant_runner"),
+    "prune-structured": _lazy_factory("kmr_ref.conformance.structured_runner"),
 }
 
 
