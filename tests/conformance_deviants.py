@@ -204,3 +204,31 @@ DEVIANTS: dict[str, dict[type, str]] = {
     "quant-uniform": {OneRoundingQuant: "KMR.quant.scale", QuotientQuant: "KMR.quant.rounding",
                       HalfAwayQuant: "KMR.quant.rounding", NoFloorQuant: "KMR.quant.scale-floor"},
 }
+
+
+# --- structured pruning: adapters are functions input -> output -----------------------------------
+
+def _structured_oracle() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "spec" / "vectors" / "generate_structured.py"
+    spec = importlib.util.spec_from_file_location("_structured_deviant", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def spec_structured(inp: Mapping[str, Any]) -> dict[str, Any]:
+    """Structured pruning written from the spec: the generator's own oracle, as an adapter."""
+    out: dict[str, Any] = _structured_oracle().run_oracle(inp)
+    return out
+
+
+def l2_only_structured(inp: Mapping[str, Any]) -> dict[str, Any]:
+    """Always scores by the L2 norm, whatever p the rule is configured with (KMR.structured.score)."""
+    mod = _structured_oracle()
+    mod.score = lambda row, p: math.fsum(abs(w) * abs(w) for w in row)
+    out: dict[str, Any] = mod.run_oracle(inp)
+    return out

@@ -149,3 +149,17 @@ def test_cli_list_select_features_junit(tmp_path: Path) -> None:
     tree = [r for r in rep["results"] if "module-tree" in r["features"]]
     assert len(tree) == 3 and all(r["outcome"] == "not-supported" for r in tree)
     assert junit.read_text(encoding="utf-8").count("<testcase") == len(rep["results"])
+
+
+def test_structured_spec_passes_and_deviant_caught() -> None:
+    """prune-structured: the spec oracle as an adapter passes; scoring by L2 whatever p fails on
+    KMR.structured.score."""
+    from tests.conformance_deviants import l2_only_structured, spec_structured
+
+    path = VDIR / "structured.json"
+    rep = build_report(run_all([path], "a", {"prune-structured": ADAPTER_RUNNERS["prune-structured"](spec_structured)}),
+                       "a")
+    assert rep["summary"]["ok"], rep["failures"]
+    rep = build_report(run_all([path], "a", {"prune-structured": ADAPTER_RUNNERS["prune-structured"](
+        l2_only_structured)}), "a")
+    assert {f["clause"] for f in rep["failures"]} == {"KMR.structured.score"}

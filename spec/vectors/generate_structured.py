@@ -168,6 +168,12 @@ def vectors() -> list[Json]:
     v.append(vec("structured-score-p1", "KMR.structured.score", [],
                  "p = 1: L1 scores 3, 2, 1.5, 4; f = 1/4 (k = 1) removes channel 2 (L2 scores would be "
                  "9, 2, 0.75, 8).", two, "1/4", p=1))
+    pn = [lin("0", 2, 2, [2.5, 0.0, 1.5, -1.5]), lin("2", 1, 2, [1.0, 1.0])]
+    v.append(vec("structured-score-p-decides-p1", "KMR.structured.score", [],
+                 "Channel 0 = [2.5, 0], channel 1 = [1.5, -1.5]: p = 1 scores 2.5 < 3, f = 1/2 removes channel 0.",
+                 pn, "1/2", p=1))
+    v.append(vec("structured-score-p-decides-p2", "KMR.structured.score", [],
+                 "The same layer with p = 2 scores 6.25 > 4.5: channel 1 is removed.", pn, "1/2", p=2))
     tie = [lin("0", 3, 2, [1.0, 0.0, 0.0, -1.0, 2.0, 0.0]), lin("2", 1, 3, [1.0, 1.0, 1.0])]
     v.append(vec("structured-tie-lower-index", "KMR.structured.tie-break", [],
                  "Channels 0 and 1 tie on score 1: f = 1/3 (k = 1) removes channel 0, the lower index.", tie, "1/3"))
