@@ -30,6 +30,6 @@ def test_conform_forwards_and_passes() -> None:
         rc = main(["conform", "--json"])
     assert rc == 0
     rep = json.loads(buf.getvalue())
-    assert rep["ok"] is True and rep["impl"] == "reference" and rep["failures"] == []
+    assert rep["summary"]["ok"] is True and rep["impl"] == "reference" and rep["failures"] == []
     for cid in ("KMR.alg1.strict-progress", "KMR.prune.tie-break", "KMR.quant.rounding"):
-        assert rep["clauses"][cid]["status"] == "pass" and rep["clauses"][cid]["pass"] > 0
+        assert rep["summary"]["clauses"][cid]["status"] == "pass" and rep["summary"]["clauses"][cid]["pass"] > 0
