@@ -103,6 +103,7 @@ def budgeted_kmr(
         assert status is not None
         return KMRResult(m_cur, status, tuple(trace), B, c0, c_cur, q0, q_cur)  # KMR.alg1.return
     except BaseException as e:  # KMR.alg1.after-loop: an interrupt or error after the loop carries the result
-        if not hasattr(e, "kmr_partial"):
-            attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))
+        # (always ours: a partial the error brought from elsewhere, e.g. a nested run in a meter,
+        # is not this run's; one the loop's handler attached holds these same values)
+        attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))
         raise

@@ -45,8 +45,10 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "                pass\n            attach_partial",
         "the error path's reconcile deleted (KMR.alg1.error)"),
     "budgeted-no-after-loop-partial": (
-        "budgeted.py", "        if not hasattr(e, \"kmr_partial\"):\n            attach_partial(",
-        "        if False:\n            attach_partial(",
+        "budgeted.py",
+        "        attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))\n"
+        "        raise\n",
+        "        raise\n",
         "no partial result after the loop (KMR.alg1.after-loop)"),
     "budgeted-le-for-lt": ("budgeted.py", "if c_new < c_cur:", "if c_new <= c_cur:", "strict progress weakened"),
     "budgeted-t-gt-N": ("budgeted.py", "if t >= N:", "if t > N:", "one step too many (P1b)"),

@@ -113,6 +113,29 @@ def run(dest: Path, max_children: int = 1, out: Path = REPORT, base: Path | None
     return rep
 
 
+def recheck(dest: Path, report_path: Path, tests: list[str]) -> dict[str, Any]:
+    """Run every survivor of ``report_path`` again against the current ``tests`` (copied into the
+    scratch run's ``mutants/`` folder), exactly as mutmut runs a mutant: its trampolines select
+    the mutant named by ``MUTANT_UNDER_TEST``. Killed survivors are marked ``killed``."""
+    rep = json.loads(report_path.read_text(encoding="utf-8"))
+    mdir = dest / "mutants"
+    for t in tests:
+        shutil.copy2(ROOT / t, mdir / t)
+    env = dict(os.environ, KMR_EXHAUSTIVE_QUICK="1", HYPOTHESIS_PROFILE="dev")
+    statuses: dict[str, str] = rep["statuses"]
+    for name in rep["survivors"]:
+        env["MUTANT_UNDER_TEST"] = name
+        p = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                            *tests], cwd=mdir, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            statuses[name] = "killed"
+    new = summarize(statuses, rep["seconds"])
+    new["diffs"] = {k: v for k, v in rep.get("diffs", {}).items() if k in new["survivors"]}
+    new["tests"] = tests
+    report_path.write_text(json.dumps({**rep, **new}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return new
+
+
 def equivalents() -> dict[str, str]:
     if not EQUIVALENT.exists():
         return {}
@@ -172,12 +195,14 @@ def report(path: Path = REPORT) -> int:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m kmr_proofs.mutation")
-    ap.add_argument("cmd", choices=["run", "report"])
+    ap.add_argument("cmd", choices=["run", "report", "recheck"])
     ap.add_argument("--dest", default="/tmp/kmr-mut")
     ap.add_argument("--max-children", type=int, default=1)
     ap.add_argument("--out", default=str(REPORT), help="where the JSON report goes")
     ap.add_argument("--base", default=None, help="an earlier report: rerun only its survivors")
     a = ap.parse_args(argv)
+    if a.cmd == "recheck":
+        recheck(Path(a.dest), Path(a.out), [t for t in TESTS if (ROOT / t).exists()])
     if a.cmd == "run":
         rep = run(Path(a.dest), a.max_children, Path(a.out), Path(a.base) if a.base else None)
         print(f"mutmut exit {rep['mutmut_exit']}")
