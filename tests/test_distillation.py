@@ -198,7 +198,7 @@ def test_two_processes_give_identical_bytes() -> None:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        exec(compile(_CHILD, "<child>", "exec"), ns)  # noqa: S102  # the same program, in this process
+        exec(compile(_CHILD, "<child>", "exec"), ns)  # the same program, in this process
     assert child == buf.getvalue().split() and len(child) == 3
     assert hashlib.sha256(b"").hexdigest() not in child
 
