@@ -220,14 +220,14 @@ def _toml_config(steps: int) -> CompressConfig:
 
 
 def test_compress_distill_prune_quantize(teacher: nn.Sequential, data: digits.Digits) -> None:
-    """KMR.compress.methods (distill) in Algorithm 10: the shipped TOML, fewer training steps."""
+    """KMR.compress.methods (distillation) in Algorithm 10: the shipped TOML, fewer training steps."""
     cfg = _toml_config(STEPS)
     assert isinstance(cfg.phases[0].method, DistillMethod)
     rep = compress(digits.pretrained(), cfg, quality=lambda m: digits.accuracy(m, data.val))
     assert rep.status.value == "feasible"
     assert Fraction(rep.cost_final) <= Fraction(1225024, 32)
     names = [p.name for p in rep.phases]
-    assert names[0] == "distill" and "prune" in names
+    assert names[0] == "distillation" and "prune" in names
     assert parameter_count(rep.model) == 9802  # width 4, then pruned and quantized in place
     for bad in ({"temperature": 0}, {"alpha": 2}, {"steps": 0}, {"data": "nocolon"}):
         with pytest.raises(ConfigError, match=r"KMR\.compress\.(methods|config)"):

@@ -126,7 +126,7 @@ def build_rule(pc: PhaseConfig | MethodConfig, model: nn.Module, where: str = "p
         pc = PhaseConfig(pc, ScheduledConfig((0,)))
     method = pc.method
     if isinstance(method, DistillMethod) and (pc.include is not None or pc.exclude):
-        raise ConfigError(SELECT, f"{where}: distill trains a whole new model; include / exclude do not apply")
+        raise ConfigError(SELECT, f"{where}: distillation trains a whole new model; include / exclude do not apply")
     selected_names(pc, model, where)  # KMR.compress.select: every pattern must match a parameter of M_0
     inc = None if pc.include is None else list(pc.include)
     exc = list(pc.exclude)
@@ -149,14 +149,14 @@ def build_distillation(method: DistillMethod) -> Rule[nn.Module]:
     zero-argument function returning ``(x, y)``) and its student family from ``student``."""
     split = import_object(method.data, "data")()
     if not (isinstance(split, tuple) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split)):
-        raise ConfigError(METHODS, f"distill: data = {method.data!r} must return a tuple (x, y) of tensors, "
+        raise ConfigError(METHODS, f"distillation: data = {method.data!r} must return a tuple (x, y) of tensors, "
                                    f"got {type(split).__name__}")
     student = import_object(method.student, "student")
     try:
         return Distillation(split[0], split[1], temperature=method.temperature, alpha=method.alpha,
                             steps=method.steps, seed=method.seed, student=student)
     except KMRError as e:
-        raise ConfigError(METHODS, f"distill: {e}") from None
+        raise ConfigError(METHODS, f"distillation: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ class LowRankMethod:
 
 @dataclass(frozen=True)
 class DistillMethod:
-    """``distill``: :class:`~kmr_ref.methods.distillation.Distillation` (knob ``width``;
+    """``distillation``: :class:`~kmr_ref.methods.distillation.Distillation` (knob ``width``;
     ``spec/methods/distillation.md``). ``data`` and ``student`` are ``"module:attr"`` import paths:
     a zero-argument function returning the training split ``(x, y)``, and the student family
     ``student(width) -> nn.Module``."""
@@ -132,7 +132,7 @@ class DistillMethod:
     seed: int = 0
     data: str = "kmr_ref.examples.shifted_digits:digits_train"
     student: str = "kmr_ref.methods.distillation:digits_student"
-    method: Literal["distill"] = field(default="distill", init=False)
+    method: Literal["distillation"] = field(default="distillation", init=False)
 
     def __post_init__(self) -> None:  # KMR.compress.methods: the settings of KMR.distill.settings
         for key, lo_open, hi in (("temperature", True, None), ("alpha", False, 1)):
@@ -143,9 +143,9 @@ class DistillMethod:
                 q = None
             if q is None or (q <= 0 if lo_open else q < 0) or (hi is not None and q > hi):
                 want = "an exact number > 0" if lo_open else "an exact number in [0, 1]"
-                raise ConfigError(METHODS, f"distill: {key} must be {want}, got {v!r}")
-        int_in("steps", self.steps, 1, 10**9, "distill")
-        int_in("seed", self.seed, 0, 2**63 - 1, "distill")
+                raise ConfigError(METHODS, f"distillation: {key} must be {want}, got {v!r}")
+        int_in("steps", self.steps, 1, 10**9, "distillation")
+        int_in("seed", self.seed, 0, 2**63 - 1, "distillation")
         check_import_path("data", self.data)
         check_import_path("student", self.student)
 
@@ -153,14 +153,14 @@ class DistillMethod:
 MethodConfig = PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod | DistillMethod
 METHOD_TYPES: dict[str, type[MethodConfig]] = {
     "prune": PruneMethod, "quantize": QuantizeMethod, "structured": StructuredMethod, "lowrank": LowRankMethod,
-    "distill": DistillMethod,
+    "distillation": DistillMethod,
 }
 METHOD_KEYS = {"prune": ("scope", "kernel"), "quantize": ("scheme", "granularity", "group_size", "bits"),
                "structured": ("p", "scope"), "lowrank": (),
-               "distill": ("temperature", "alpha", "steps", "seed", "data", "student")}
+               "distillation": ("temperature", "alpha", "steps", "seed", "data", "student")}
 # KMR.compress.policies: the knob a scheduled policy drives when it names none
 DEFAULT_KNOB = {"prune": "sparsity", "quantize": "bits", "structured": "fraction", "lowrank": "energy",
-                "distill": "width"}
+                "distillation": "width"}
 # KMR.compress.policies: greedy "per-layer" = these knobs, one per layer or tensor
 PER_LAYER_PREFIX = {"prune": "sparsity@", "quantize": "bits@", "structured": "fraction@", "lowrank": "energy@"}
 
