@@ -46,7 +46,9 @@ class ReferenceQuant:
         fc = nn.Linear(1, 1, bias=False)
         fc._parameters["weight"] = nn.Parameter(torch.from_numpy(w), requires_grad=False)
         model.add_module("fc", fc)
-        out = UniformQuantization(scheme=scheme, granularity="channel").apply(model, BITS, bits)
+        # the vector's w is Algorithm Q's input, selected by the caller: a zero-size w is quantized (and
+        # refused, KMR.quant.empty) rather than left out as the model-level selection would (KMR.select.zero-size)
+        out = UniformQuantization(scheme=scheme, granularity="channel", empty="refuse").apply(model, BITS, bits)
         qfc = out.get_submodule("fc")
         kc = kept_codes(qfc, "weight")
         if kc is None:

@@ -123,9 +123,7 @@ def oracle(inp: Json) -> Json:
     s = exact_sparsity(inp["sparsity"])  # KMR.knob.domain (checked before the model is looked at)
     vals = [[f32(b) for b in t["values"]] for t in tensors]
     for group in scope:
-        for i in group:
-            if not vals[i]:
-                raise VectorError("KMR.prune.empty")
+        for i in group:  # KMR.prune.empty: a zero-size tensor is out of scope (nothing to check or count)
             if any(not math.isfinite(x) for x in vals[i]):
                 raise VectorError("KMR.prune.nonfinite")
     out = [list(t["values"]) for t in tensors]
@@ -315,6 +313,10 @@ def vectors() -> list[Json]:
                  "checked); the NaN's bit pattern is returned unchanged.",
                  [tensor("fc1.weight", [1, 2], [NAN, 1.0]), tensor("fc2.weight", [1, 3], [3.0, -1.0, 2.0])],
                  "2/3", knob="sparsity@fc2.weight"))
+    v.append(vec("prune-empty-tensor-skipped", "KMR.prune.empty", [*BASE, "KMR.prune.empty", "KMR.select.zero-size"],
+                 "A prunable tensor with zero entries (shape 0 x 3) is skipped, not fatal: n counts only "
+                 "fc2.weight (n = 2, k = 1) and the empty tensor is returned as is.",
+                 [tensor("fc1.weight", [0, 3], []), tensor("fc2.weight", [1, 2], [1.0, 2.0])], "1/2"))
     v.append(vec("prune-no-prunable-tensors", "KMR.prune.empty", [*BASE, "KMR.prune.empty"],
                  "A model with no prunable tensors: n = 0, k = 0, the identity (not an error); cost 0.",
                  [], "1/2"))
@@ -333,9 +335,6 @@ def vectors() -> list[Json]:
                  "+inf in the tensor the knob names: RuleInputError.",
                  [tensor("fc1.weight", [1, 2], [1.0, 2.0]), tensor("fc2.weight", [1, 2], [INF, 1.0])], "1/2",
                  knob="sparsity@fc2.weight"))
-    v.append(vec("prune-error-empty-tensor", "KMR.prune.empty", [*err, "KMR.prune.empty"],
-                 "A prunable tensor with zero entries (shape 0 x 3): RuleInputError.",
-                 [tensor("fc1.weight", [0, 3], []), tensor("fc2.weight", [1, 2], [1.0, 2.0])], "1/2"))
     kd = ["KMR.knob.domain", "KMR.knob.domain-real", "KMR.prune.knob"]
     v.append(vec("prune-error-sparsity-above-one", "KMR.knob.domain",
                  kd, "s = 11/10 is outside [0, 1]: KnobDomainError.",
