@@ -173,7 +173,7 @@ def load_report(path: Path = REPORT) -> dict[str, Any] | None:
 
 def exit_code(path: Path = REPORT) -> int:
     rep = load_report(path)
-    return 1 if rep is None or rep["unexplained"] else 0
+    return 1 if rep is None or rep["unexplained"] or rep.get("not_rerun") else 0
 
 
 def report(path: Path = REPORT) -> int:
@@ -186,11 +186,14 @@ def report(path: Path = REPORT) -> int:
           f"score {100 * rep['score']:.1f} %, of non-equivalent mutants {100 * rep['score_non_equivalent']:.1f} %; "
           f"{rep['seconds'] / 60:.0f} min")
     eq = equivalents()
+    pending = rep.get("not_rerun", [])
+    if pending:
+        print(f"  {len(pending)} mutants not yet run against the current tests (run `make mutation`)")
     for n in rep["unexplained"]:
         print(f"  SURVIVED (not listed as equivalent): {n}")
     for n in rep["equivalent_listed"]:
         print(f"  equivalent: {n}: {eq.get(n, '')}")
-    return 1 if rep["unexplained"] else 0
+    return 1 if rep["unexplained"] or pending else 0
 
 
 def main(argv: list[str]) -> int:
