@@ -10,6 +10,9 @@ says which clauses each implements. The kernels are informative: the spec is nor
 
 from kmr_ref.kernels.prune_select import magnitude_masks, prune_global, prune_global_, select_threshold
 from kmr_ref.kernels.quant_fused import FusedQuant, quantize_groups, quantize_tensor
+from kmr_ref.methods.registry import register
+
+register("prune_global", prune_global)  # MagnitudePruning(kernel=True) finds it here
 
 __all__ = ["FusedQuant", "magnitude_masks", "prune_global", "prune_global_", "quantize_groups", "quantize_tensor",
            "select_threshold"]
