@@ -27,6 +27,14 @@ def call_encoded(fn: Callable[[], Json]) -> Json:
         return {"error": clause if clause is not None else f"<no clause: {describe(e)}>"}
 
 
+
+def again(call: Callable[[], Json]) -> Json:
+    """The encoded result once more, for a runner's diagnosis (None if the adapter declines now)."""
+    try:
+        return call_encoded(call)
+    except (NotSupported, SkipVector):
+        return None
+
 def run_checked(vec: Mapping[str, Json], inputs: Sequence[np.ndarray[Any, Any]], checks_input: bool,
                 fn: Callable[[], Json]) -> tuple[bool, str]:
     """Run one method vector: ``fn`` calls the adapter on ``inputs`` and encodes its result.

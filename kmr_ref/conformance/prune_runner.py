@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -26,7 +26,6 @@ from kmr_ref.conformance.adapters import (
     PruneMagnitudeAdapter,
     PruneOutput,
     Scope,
-    SkipVector,
     bit_patterns,
     decode_spelling,
     exact_cost,
@@ -34,7 +33,7 @@ from kmr_ref.conformance.adapters import (
     tree_of,
     tree_order,
 )
-from kmr_ref.conformance.method_runner import call_encoded, run_checked
+from kmr_ref.conformance.method_runner import again, run_checked
 from kmr_ref.conformance.vectors import VectorRunner
 from kmr_ref.methods.modules import default_prunable, ordered_parameters
 from kmr_ref.methods.pruning import MagnitudePruning, nonzero_prunable
@@ -127,14 +126,6 @@ def describe_call(tensors: Sequence[tuple[str, F32Array]], knob: str, scope: str
             f"tree={json.dumps(tree)})")
 
 
-def _again(call: Callable[[], Json]) -> Json:
-    """The encoded result once more, for the diagnosis (None if the adapter declines now)."""
-    try:
-        return call_encoded(call)
-    except (NotSupported, SkipVector):
-        return None
-
-
 def diagnose(inp: Json, expected: Json, got: Json) -> list[str]:
     """Runner-level checks that pin a failure to a clause whatever vector shows it: every returned
     entry is its input's bit pattern or +0.0 (``KMR.prune.zero-value``); the number of nonzero
@@ -186,7 +177,7 @@ def run_prune_vector(vec: Mapping[str, Json], adapter: PruneMagnitudeAdapter) ->
 
     ok, diff = run_checked(vec, [a for _, a in tensors], getattr(adapter, "checks_input", True), call)
     if not ok:
-        problems += diagnose(inp, vec["expected"], _again(call))
+        problems += diagnose(inp, vec["expected"], again(call))
     if problems:  # KMR.meter.cost-exact is the runner's own check: blamed on its clause
         diff = "\n".join([*problems, *(x for x in diff.splitlines() if ".cost:" not in x)])
         ok = False

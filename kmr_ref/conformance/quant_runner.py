@@ -24,12 +24,11 @@ from kmr_ref.conformance.adapters import (
     QuantOutput,
     QuantUniformAdapter,
     Scheme,
-    SkipVector,
     bit_patterns,
     f32_array,
     int_list,
 )
-from kmr_ref.conformance.method_runner import call_encoded, run_checked
+from kmr_ref.conformance.method_runner import again, run_checked
 from kmr_ref.conformance.vectors import VectorRunner
 from kmr_ref.methods.quantization import BITS, UniformQuantization, kept_codes
 
@@ -90,18 +89,10 @@ def run_quant_vector(vec: Mapping[str, Json], adapter: QuantUniformAdapter) -> t
 
     ok, diff = run_checked(vec, [w], getattr(adapter, "checks_input", True), call)
     if not ok:
-        lines = diagnose(inp, vec["expected"], _again(call))
+        lines = diagnose(inp, vec["expected"], again(call))
         diff = "\n".join([*lines, f"adapter call: quantize(w=float32{w.shape} = input.w, bits={inp['bits']!r}, "
                                    f"scheme={inp['scheme']!r})", diff])
     return ok, diff
-
-
-def _again(call: Callable[[], Json]) -> Json:
-    """The encoded result once more, for the diagnosis (None if the adapter declines now)."""
-    try:
-        return call_encoded(call)
-    except (NotSupported, SkipVector):
-        return None
 
 
 def diagnose(inp: Json, expected: Json, got: Json) -> list[str]:
