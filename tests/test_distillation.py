@@ -139,15 +139,20 @@ def test_deterministic_context_set_and_restored(data: digits.Digits, teacher: nn
         return digits_student(w)
 
     threads = torch.get_num_threads()
-    torch.manual_seed(123)
-    rng = torch.get_rng_state()
-    Distillation(data.train.x, data.train.y, steps=1, student=family).apply(teacher, "width", 1)
-    assert seen == [(True, 1)]
-    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
-    assert torch.equal(torch.get_rng_state(), rng)
-    with pytest.raises(RuntimeError), deterministic(0):
-        raise RuntimeError("boom")
-    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
+    before = torch.are_deterministic_algorithms_enabled()  # other tests may have switched it on
+    torch.use_deterministic_algorithms(False)
+    try:
+        torch.manual_seed(123)
+        rng = torch.get_rng_state()
+        Distillation(data.train.x, data.train.y, steps=1, student=family).apply(teacher, "width", 1)
+        assert seen == [(True, 1)]
+        assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
+        assert torch.equal(torch.get_rng_state(), rng)
+        with pytest.raises(RuntimeError), deterministic(0):
+            raise RuntimeError("boom")
+        assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def test_batch_order_is_the_stated_stream() -> None:
