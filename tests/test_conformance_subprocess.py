@@ -1,10 +1,12 @@
 """The language-neutral protocol (``kmr conform --exec CMD``, ``subprocess_impl.py``).
 
 The Node.js implementation under ``conformance/impls/node/`` (Algorithms 1 and 10 on table worlds,
-magnitude pruning, Algorithm Q; written from spec/ alone) passes every vector through the
-subprocess protocol; protocol faults (bad handshake, crash, nondeterminism, skips on non-error
-vectors, declared unsupported features) are reported, never raised. Clauses exercised:
-KMR.rule.deterministic (two runs per vector), KMR.prune.tensor-order, KMR.quant.scale.
+magnitude pruning, Algorithm Q, structured pruning of Linear chains; written from spec/ alone)
+passes every vector through the subprocess protocol; protocol faults (bad handshake, crash,
+nondeterminism, skips on non-error vectors, declared unsupported features) are reported, never raised.
+Clauses exercised:
+KMR.rule.deterministic (two runs per vector), KMR.prune.tensor-order, KMR.quant.scale,
+KMR.structured.score (its exactly rounded sum, written with BigInt).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def test_node_implementation_passes_every_vector() -> None:
     rep = json.loads(proc.stdout)
     assert rep["summary"]["ok"] and rep["summary"]["totals"]["fail"] == 0
     kinds = {f["kind"] for f in rep["summary"]["files"] if f["pass"] == f["vectors"] > 0}
-    assert kinds == {"alg1", "alg10", "prune-magnitude", "quant-uniform"}
+    assert {"alg1", "alg10", "prune-magnitude", "quant-uniform", "prune-structured"} <= kinds
     # the kinds it does not declare are not-supported, never failed
     assert all(f["not-supported"] == f["vectors"] for f in rep["summary"]["files"] if f["kind"] not in kinds)
 

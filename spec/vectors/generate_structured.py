@@ -177,6 +177,11 @@ def vectors() -> list[Json]:
     tie = [lin("0", 3, 2, [1.0, 0.0, 0.0, -1.0, 2.0, 0.0]), lin("2", 1, 3, [1.0, 1.0, 1.0])]
     v.append(vec("structured-tie-lower-index", "KMR.structured.tie-break", [],
                  "Channels 0 and 1 tie on score 1: f = 1/3 (k = 1) removes channel 0, the lower index.", tie, "1/3"))
+    rnd = [lin("0", 2, 3, [1.0, 2.0 ** -53, 2.0 ** -80, 1.0, 0.0, 0.0]), lin("2", 1, 2, [1.0, 1.0])]
+    v.append(vec("structured-score-exactly-rounded", "KMR.structured.score", [],
+                 "p = 1, channel 0 = [1, 2^-53, 2^-80], channel 1 = [1, 0, 0]: the exactly rounded sum of "
+                 "channel 0 is 1 + 2^-52 > 1, so f = 1/2 removes channel 1. A left-to-right binary64 sum (or a "
+                 "truncated one) gives 1, a tie, and would remove channel 0.", rnd, "1/2", p=1))
     v.append(vec("structured-keeps-one-channel", "KMR.structured.count", [],
                  "f = 19/20 of 3 channels: floor(57/20) = 2 = C - 1: one channel is kept.", tie, "19/20"))
     v.append(vec("structured-zero-removes-nothing", "KMR.structured.sharing", ["KMR.structured.sharing"],

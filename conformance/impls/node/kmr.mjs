@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // A second, non-Python implementation of KMR, written from spec/ alone (no code shared with
 // kmr_ref): Algorithms 1 and 10 on table worlds (spec/kmr.md §7, §9), magnitude pruning
-// (spec/methods/pruning.md) and Algorithm Q (spec/methods/quantization.md).
+// (spec/methods/pruning.md), Algorithm Q (spec/methods/quantization.md) and structured pruning of
+// Linear chains (spec/methods/structured.md).
 // It speaks the kit's subprocess protocol kmr-conform/1: JSON lines on stdin/stdout
 // (spec/vectors/README.md): `kmr conform --exec "node conformance/impls/node/kmr.mjs"`.
 // Exact numbers are BigInt rationals; binary32 arithmetic is Math.fround on every operation
@@ -245,8 +246,98 @@ function alg10(inp) {
            final_quality: inp.quality === null ? null : inp.quality[String(st)], phases, trace };
 }
 
+// ---- structured pruning on Linear chains (spec/methods/structured.md) ---------------------------
+// An exactly rounded binary64 sum (math.fsum): every addend is a binary64 m * 2^e with e >= BASE,
+// summed exactly as a BigInt, then rounded once to nearest, ties to even.
+const BASE = -1100;
+function exactParts(x) { // x finite, >= 0: [mantissa, exponent]
+  if (x === 0) return [0n, 0];
+  const buf = new DataView(new ArrayBuffer(8));
+  buf.setFloat64(0, x);
+  const hi = buf.getUint32(0), lo = buf.getUint32(4);
+  const e = (hi >>> 20) & 0x7ff;
+  let mant = (BigInt(hi & 0xfffff) << 32n) | BigInt(lo);
+  if (e === 0) return [mant, -1074];
+  return [mant | (1n << 52n), e - 1075];
+}
+function fsum(xs) {
+  let n = 0n;
+  for (const x of xs) { const [m, e] = exactParts(x); n += m << BigInt(e - BASE); }
+  if (n === 0n) return 0;
+  const len = n.toString(2).length;
+  let shift = Math.max(len - 53, 0), q = n >> BigInt(shift);
+  if (shift > 0) {
+    const rem = n - (q << BigInt(shift)), half = 1n << BigInt(shift - 1);
+    if (rem > half || (rem === half && (q & 1n) === 1n)) q += 1n;
+  }
+  // q < 2^54, value = q * 2^(BASE + shift); scale in two exact steps (results here are normal)
+  const e = BASE + shift;
+  return Number(q) * 2 ** Math.max(e, -1000) * 2 ** (e - Math.max(e, -1000));
+}
+
+function structured(inp) {
+  const layers = inp.layers, names = layers.map((l) => l.name);
+  const prunable = names.slice(0, -1); // KMR.structured.output-layer-kept: the last layer is kept
+  let targets;
+  if (inp.knob === "fraction") targets = prunable.map((_, i) => i);
+  else if (inp.knob.startsWith("fraction@") && prunable.includes(inp.knob.slice(9))) {
+    targets = [names.indexOf(inp.knob.slice(9))]; // KMR.structured.per-layer-knob
+  } else throw new KMRError("KMR.knob.unknown");
+  if (typeof inp.fraction === "boolean") throw new KMRError("KMR.knob.domain-real");
+  const f = exact(inp.fraction, "KMR.knob.domain-real"); // KMR.structured.knob: f in [0, 1)
+  if (cmp(f, frac(0n)) < 0 || cmp(f, frac(1n)) >= 0) throw new KMRError("KMR.knob.domain-real");
+  if (inp.p !== 1 && inp.p !== 2) throw new KMRError("KMR.knob.domain");
+  for (const l of layers) { // KMR.structured.nonfinite: parameters of layers and BatchNorms
+    const params = [l.weight.values, l.bias || [], ...(l.bn ? [l.bn.weight, l.bn.bias] : [])];
+    if (params.some((a) => a.some((b) => !Number.isFinite(f32(b))))) throw new KMRError("KMR.structured.nonfinite");
+  }
+  const rows = layers.map((l) => {
+    const [out, inn] = l.weight.shape, v = l.weight.values.map(f32);
+    return Array.from({ length: out }, (_, c) => v.slice(c * inn, (c + 1) * inn));
+  });
+  // KMR.structured.score: fsum of |w|^p, each term one binary64 operation (exact for binary32)
+  const score = (row) => fsum(row.map((w) => (inp.p === 1 ? Math.abs(w) : Math.abs(w) * Math.abs(w))));
+  const removed = layers.map(() => new Set());
+  if (inp.knob === "fraction" && inp.scope === "global") { // KMR.structured.global-order
+    const total = targets.reduce((a, i) => a + rows[i].length, 0);
+    const K = Number(floorFrac(frac(f.p * BigInt(total), f.q)));
+    const order = [];
+    for (const i of targets) rows[i].forEach((r, c) => order.push([div(ofDouble(score(r)), frac(BigInt(r.length))), i, c]));
+    order.sort((a, b) => cmp(a[0], b[0]) || a[1] - b[1] || a[2] - b[2]);
+    let n = 0;
+    for (const [, i, c] of order) {
+      if (n >= K) break;
+      if (rows[i].length - removed[i].size > 1) { removed[i].add(c); n += 1; }
+    }
+  } else {
+    for (const i of targets) { // KMR.structured.count and KMR.structured.tie-break
+      const C = rows[i].length;
+      const k = Math.min(Number(floorFrac(frac(f.p * BigInt(C), f.q))), C - 1);
+      const ranked = rows[i].map((r, c) => [score(r), c]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      for (const [, c] of ranked.slice(0, k)) removed[i].add(c);
+    }
+  }
+  let params = 0;
+  const out = layers.map((l, i) => {
+    const [o, inn] = l.weight.shape;
+    const keepOut = [...Array(o).keys()].filter((c) => !removed[i].has(c)); // KMR.structured.removal
+    const keepIn = [...Array(inn).keys()].filter((j) => i === 0 || !removed[i - 1].has(j)); // next-layer-inputs
+    const values = keepOut.flatMap((c) => keepIn.map((j) => l.weight.values[c * inn + j]));
+    const bias = l.bias === null ? null : keepOut.map((c) => l.bias[c]);
+    let bn = null;
+    if (l.bn !== null) { // KMR.structured.bn
+      bn = {};
+      for (const k of Object.keys(l.bn)) bn[k] = keepOut.map((c) => l.bn[k][c]);
+    }
+    params += values.length + (bias ? bias.length : 0) + (bn ? bn.weight.length + bn.bias.length : 0); // KMR.meter.params
+    return { name: l.name, weight: { shape: [keepOut.length, keepIn.length], values }, bias, bn };
+  });
+  return { layers: out, params };
+}
+
 // ---- the protocol ------------------------------------------------------------------------------
-const KINDS = { "alg1": alg1, "alg10": alg10, "prune-magnitude": prune, "quant-uniform": quantize };
+const KINDS = { "alg1": alg1, "alg10": alg10, "prune-magnitude": prune, "quant-uniform": quantize,
+                "prune-structured": structured };
 const send = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });
 rl.on("line", (line) => {
