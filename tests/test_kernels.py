@@ -318,17 +318,18 @@ def matrices(draw: st.DrawFn) -> torch.Tensor:
 
 
 def _check_quant(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme, chunk: int | None,
-                 workers: int | None = None) -> None:
-    codes, scale, zp = ref_quant.quantize_groups(w, bits, scheme)
+                 workers: int | None = None, *, device: str = "cpu", compile: bool = False) -> None:
+    codes, scale, zp = ref_quant.quantize_groups(w, bits, scheme)  # the reference, on CPU
     dq = ref_quant.dequantize_groups(codes, scale, zp)
-    before = _bits(w)
-    fq = quantize_groups(w, bits, scheme, chunk=chunk, workers=workers)
-    assert fq.codes.dtype == codes_dtype(bits, scheme)
-    assert torch.equal(fq.codes.to(torch.int32), codes)  # KMR.quant.rounding, KMR.quant.clamp
+    wd = w.to(device)
+    before = _bits(wd)
+    fq = quantize_groups(wd, bits, scheme, chunk=chunk, workers=workers, compile=compile)
+    assert fq.codes.dtype == codes_dtype(bits, scheme) and fq.codes.device == wd.device
+    assert torch.equal(fq.codes.cpu().to(torch.int32), codes)  # KMR.quant.rounding, KMR.quant.clamp
     assert _bits(fq.scale) == _bits(scale)  # KMR.quant.scale, KMR.quant.scale-floor
-    assert torch.equal(fq.zp, zp)  # KMR.quant.zero-point
+    assert torch.equal(fq.zp.cpu(), zp)  # KMR.quant.zero-point
     assert fq.dequant is not None and _bits(fq.dequant) == _bits(dq)  # KMR.quant.dequant (incl. +0.0)
-    assert _bits(w) == before
+    assert _bits(wd) == before
 
 
 @given(matrices(), st.integers(2, 16), st.sampled_from(["symmetric", "asymmetric"]),
@@ -339,6 +340,69 @@ def test_quant_kernel_equals_reference(w: torch.Tensor, bits: int, scheme: ref_q
     KMR.quant.rounding (half to even), KMR.quant.clamp, KMR.quant.dequant: bit for bit, any block size
     (rows per block, or a row split over several blocks when chunk < L), any number of workers."""
     _check_quant(w, bits, scheme, chunk, workers)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA path is unmeasured")
+
+
+@needs_cuda
+@given(matrices(), st.integers(2, 16), st.sampled_from(["symmetric", "asymmetric"]), st.sampled_from([1, 7, None]))
+def test_quant_kernel_cuda_equals_reference(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme,
+                                            chunk: int | None) -> None:
+    """KMR.quant.rounding, KMR.quant.clamp, KMR.quant.dequant on CUDA (one ``aminmax`` observe):
+    the same bits as the CPU reference (ties, ±0, denormals, huge values, blocks down to 1 entry)."""
+    _check_quant(w, bits, scheme, chunk, device="cuda")
+
+
+@needs_cuda
+@given(tensor_lists(), st.floats(0, 1), st.sampled_from([1, 3, 64, None]), st.sampled_from([None, 0, 3]))
+def test_prune_kernel_cuda_equals_reference(ts: list[torch.Tensor], frac: float, chunk: int | None,
+                                            bucket_limit: int | None) -> None:
+    """KMR.prune.tie-break, KMR.prune.count, KMR.prune.zero-value on CUDA: masks and pruned bits equal
+    to the CPU reference for mixed dtypes, ties, ±0, denormals, chunk size 1."""
+    k = int(frac * sum(t.numel() for t in ts))
+    want = ref_prune.magnitude_masks(ts, k)
+    dts = [t.to("cuda") for t in ts]
+    got = magnitude_masks(dts, k, chunk=chunk, bucket_limit=bucket_limit)
+    outs = prune_global(dts, k, chunk=chunk, bucket_limit=bucket_limit)
+    for t, g, o, keep in zip(ts, got, outs, want, strict=True):
+        assert torch.equal(g.cpu(), keep)
+        assert _bits(o) == _bits(ref_prune.apply_mask(t, keep))
+
+
+def _can_compile() -> bool:
+    import shutil
+
+    return shutil.which("cc") is not None or shutil.which("gcc") is not None or shutil.which("g++") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_compile(), reason="torch.compile on CPU needs a C++ compiler")
+@given(matrices(), st.integers(2, 16), st.sampled_from(["symmetric", "asymmetric"]),
+       st.sampled_from([1, 7, 64, None]), st.sampled_from([1, 2]))
+def test_quant_compiled_equals_reference(w: torch.Tensor, bits: int, scheme: ref_quant.Scheme, chunk: int | None,
+                                         workers: int) -> None:
+    """KMR.quant.rounding, KMR.quant.clamp, KMR.quant.dequant with ``compile=True``: the
+    ``torch.compile``d quantize pass gives the reference's bits (ties, ±0 -> +0.0, denormals, 2^126,
+    blocks down to one entry, rows split over blocks, two workers sharing the compiled loop). The
+    first example compiles (tens of seconds here); the compile count is then at least one."""
+    from kmr_ref.kernels.quant_fused import COMPILE_STATS
+
+    _check_quant(w, bits, scheme, chunk, workers, compile=True)
+    assert COMPILE_STATS["compiles"] >= 1 and COMPILE_STATS["first_call_s"] > 0
+
+
+def test_empty_out_hint_changes_no_value() -> None:
+    """The huge-page hint of the kernels' output allocator is a hint only: a large output holds
+    what is written into it, and small or non-CPU outputs are plain ``torch.empty``."""
+    from kmr_ref.kernels.parallel import empty_out
+
+    src = torch.arange(3 << 20, dtype=torch.float32)  # 12 MiB: above the 4 MiB threshold
+    out = empty_out(src.shape, torch.float32, src.device)
+    out.copy_(src)
+    assert out.shape == src.shape and out.dtype == torch.float32 and torch.equal(out, src)
+    small = empty_out((3, 4), torch.int8, torch.device("cpu"))
+    assert small.shape == (3, 4) and small.dtype == torch.int8
 
 
 def test_quant_negative_zero_trap() -> None:

@@ -17,18 +17,21 @@ the ops; the host only launches them).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 
-__all__ = ["Scratch", "cache_bytes", "chunk_entries", "intra_op_threads", "map_chunks", "one_thread", "workers_for"]
+__all__ = ["Scratch", "cache_bytes", "chunk_entries", "empty_out", "intra_op_threads", "map_chunks", "one_thread",
+           "workers_for"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -96,6 +99,54 @@ def chunk_entries(device: torch.device, n: int, bytes_per_entry: int, workers: i
     cap = max(1 << 12, n // (16 * max(1, workers)))
     c = max(1 << 12, min(fit, cap, 1 << 22))
     return 1 << (c.bit_length() - 1)
+
+
+_HUGE = 2 << 20  # the x86-64 / arm64 transparent huge page
+_MADV_HUGEPAGE = 14  # Linux <asm-generic/mman-common.h>
+
+
+@cache
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """libc's ``madvise`` (Linux with transparent huge pages in ``madvise`` or ``always`` mode), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                return None
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, int, int], int], fn)
+
+
+HUGE_PAGES = os.environ.get("KMR_HUGE_PAGES", "1") != "0"  # KMR_HUGE_PAGES=0 turns the hint off
+
+
+def empty_out(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty`` for a kernel's output, with a transparent-huge-page hint on CPU.
+
+    Why: a large fresh allocation is mapped page by page on first write, and on this kind of
+    machine those 4 KiB page faults cost more than the write itself (a ``clone()`` of 64 MiB took
+    67-90 ms, the same copy into touched memory ~15 ms). Outputs of 4 MiB or more get
+    ``madvise(MADV_HUGEPAGE)`` over their 2 MiB-aligned interior before anything touches them, so
+    the kernel maps them 2 MiB at a time (measured: 43 ms instead of 67-90 ms for 64 MiB). The hint
+    changes no value; memory that the allocator recycles is already mapped and unaffected. Off
+    with ``KMR_HUGE_PAGES=0``, on other systems and where THP is ``never``."""
+    t = torch.empty(tuple(shape), dtype=dtype, device=device)
+    nbytes = t.numel() * t.element_size()
+    if device.type != "cpu" or nbytes < 2 * _HUGE or not HUGE_PAGES:
+        return t
+    madvise = _madvise()
+    if madvise is not None:
+        p = t.data_ptr()
+        a, e = (p + _HUGE - 1) & ~(_HUGE - 1), (p + nbytes) & ~(_HUGE - 1)
+        if e > a:
+            madvise(a, e - a, _MADV_HUGEPAGE)  # a hint: failure (EINVAL, ENOMEM) changes nothing
+    return t
 
 
 def _others_running() -> int:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
-from kmr_ref.kernels.parallel import Scratch, chunk_entries, map_chunks, one_thread, workers_for
+from kmr_ref.kernels.parallel import Scratch, chunk_entries, empty_out, map_chunks, one_thread, workers_for
 
 __all__ = ["Selection", "magnitude_masks", "prune_global", "prune_global_", "select_threshold"]
 
@@ -483,7 +483,7 @@ def prune_global(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None =
     def out(i: int) -> torch.Tensor:
         o = outs.get(i)
         if o is None:  # allocated on first use (workers may race: setdefault keeps one of them)
-            o = outs.setdefault(i, torch.empty(p.flats[i].shape, dtype=p.flats[i].dtype, device=p.device))
+            o = outs.setdefault(i, empty_out(p.flats[i].shape, p.flats[i].dtype, p.device))
         return o
 
     def sink(i: int, a0: int, a1: int, x: torch.Tensor, m: torch.Tensor) -> None:
