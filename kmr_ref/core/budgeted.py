@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from kmr_ref.core.errors import BudgetError, MeterError, PolicyError
 from kmr_ref.core.exact import Exact, to_exact
@@ -26,6 +27,40 @@ def attach_partial(e: BaseException, partial: KMRResult[M]) -> None:
         e.kmr_partial = partial  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
+class BudgetState(Generic[M]):
+    """``KMR.budget.schedule``: what a budget callable is shown when the loop reads the budget
+    of iteration t: the current (last accepted) model, its cost and quality, and the trace so far."""
+
+    t: int
+    model: M
+    cost: Exact
+    quality: float | None
+    history: tuple[StepRecord, ...]
+
+
+class _Schedule(Generic[M]):
+    """``KMR.budget.schedule``: a budget that changes between steps, given as a callable of the
+    :class:`BudgetState` or as an iterator of budgets (once exhausted, its last budget stays in force)."""
+
+    def __init__(self, source: object) -> None:
+        self.source = source
+
+    def read(self, st: BudgetState[M], current: Exact | None) -> Exact:
+        if isinstance(self.source, Iterator):
+            try:
+                raw: object = next(self.source)
+            except StopIteration:
+                if current is None:
+                    raise BudgetError("KMR.budget.schedule", "the budget stream is empty: "
+                                                             "no budget for iteration 0") from None
+                return current  # KMR.budget.schedule: an exhausted stream keeps its last budget
+        else:
+            assert callable(self.source)
+            raw = self.source(st)
+        return to_exact(raw, clause="KMR.budget.schedule", error=BudgetError, what=f"budget B_{st.t}")
+
+
 def budgeted_kmr(
     model: M,
     triple: KMRTriple[M],
@@ -37,6 +72,11 @@ def budgeted_kmr(
 ) -> KMRResult[M]:
     """Run Budgeted-KMR: apply ``policy``'s proposals while cost > ``budget``.
 
+    ``budget`` is an exact number, or (``KMR.budget.schedule``) a budget that changes between
+    steps: a callable of the :class:`BudgetState`, or an iterator of budgets (``iter([...])``), read once per
+    evaluation of the loop guard (``KMR.budget.read``); each record then carries the budget in
+    force at its iteration, and the result's ``budget`` is the one in force at exit.
+
     Returns the last accepted model (never a rejected proposal), the exit status and the trace.
     ``on_record`` is called with each trace record as soon as it exists (for streaming logs).
     The policy, the rule, the meters and ``on_record`` must return (``KMR.alg1.callbacks-return``);
@@ -44,7 +84,10 @@ def budgeted_kmr(
     (``KMR.meter.deterministic``, ``KMR.policy.no-mutation``; ``kmr_ref.core.checked`` checks both).
     """
     # KMR.alg1.validate: B exact (KMR.budget.def, KMR.exact.binary64 for floats), N a non-negative int
-    B: Exact = to_exact(budget, clause="KMR.alg1.validate", error=BudgetError, what="budget B")
+    changing = callable(budget) or isinstance(budget, Iterator)  # KMR.budget.schedule (a list is refused)
+    schedule = _Schedule[M](budget) if changing else None
+    B: Exact = 0 if schedule is not None else to_exact(budget, clause="KMR.alg1.validate", error=BudgetError,
+                                                       what="budget B")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")
     N = max_steps
@@ -56,6 +99,9 @@ def budgeted_kmr(
     t = 0
     trace: list[StepRecord] = []
     status: Status | None = None
+    rb: Exact | None = None  # KMR.trace.budget: the budget a record shows (None for a fixed budget)
+    if schedule is not None:  # KMR.budget.read: B_0, before any rule runs
+        B = rb = schedule.read(BudgetState(0, model, c0, q0, ()), None)
     try:  # one handler outside the loop's: nothing accepted is lost after the loop either
         try:
             while c_cur > B:  # KMR.alg1.loop-guard
@@ -73,19 +119,21 @@ def budgeted_kmr(
                 c_new = triple.cost(m_new)  # KMR.alg1.measure
                 q_new = Q(m_new) if Q is not None else None
                 if c_new < c_cur:  # KMR.alg1.strict-progress
-                    trace.append(StepRecord(t, p.knob, v, c_cur, c_new, q_new, True, "accepted"))
+                    trace.append(StepRecord(t, p.knob, v, c_cur, c_new, q_new, True, "accepted", rb))
                     m_cur, c_cur, q_cur = m_new, c_new, q_new  # KMR.alg1.accept
                     rec = trace[-1]
                     if on_record is not None:
                         on_record(rec)
                 else:
-                    rec = StepRecord(t, p.knob, v, c_cur, c_new, q_new, False, "not-strictly-lower")
+                    rec = StepRecord(t, p.knob, v, c_cur, c_new, q_new, False, "not-strictly-lower", rb)
                     trace.append(rec)
                     if on_record is not None:
                         on_record(rec)
                     status = Status.STALLED  # KMR.alg1.early-break
                     break
                 t += 1  # KMR.alg1.step
+                if schedule is not None:  # KMR.budget.read: B_t, for the loop guard of iteration t
+                    B = rb = schedule.read(BudgetState(t, m_cur, c_cur, q_cur, tuple(trace)), B)
         except KeyboardInterrupt:  # KMR.alg1.interrupt
             status = Status.INTERRUPTED
             if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:

@@ -34,13 +34,17 @@ class StepRecord:
     quality: float | None
     accepted: bool
     reason: str  # "accepted" | "not-strictly-lower"
+    budget: Exact | None = None  # KMR.trace.budget: B_t in force at this iteration (changing budgets only)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "t": self.t, "knob": self.knob, "value": json_value(self.value),
             "cost_before": json_value(self.cost_before), "cost": json_value(self.cost_after),
             "quality": self.quality, "accepted": self.accepted, "reason": self.reason,
         }
+        if self.budget is not None:  # KMR.trace.budget: a fixed budget's records are unchanged
+            d["budget"] = json_value(self.budget)
+        return d
 
 
 @dataclass(frozen=True)

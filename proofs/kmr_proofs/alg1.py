@@ -49,6 +49,8 @@ STATUS_NAMES = ("none", "feasible", "stalled", "step-limit", "policy-stop", "int
 ModelSort = z3.DeclareSort("Model")
 COST_REAL = z3.Function("C", ModelSort, z3.RealSort())
 COST_INT = z3.Function("C_int", ModelSort, z3.IntSort())
+# KMR.budget.read: a budget schedule as an uninterpreted sequence t -> B_t (any values at all)
+BSEQ = z3.Function("Bseq", z3.IntSort(), z3.RealSort())
 
 MUTATIONS: dict[str, str] = {
     "drop-strict": "line 9: every proposal is accepted (no strict-progress check)",
@@ -61,13 +63,19 @@ MUTATIONS: dict[str, str] = {
                               "with C(M) <= B stays interrupted)",
     "no-feasible-check": "line 13 dropped",
     "real-costs": "assumption dropped: costs are rationals, not integers (P1d needs integers)",
+    # changing budgets (varying_budget=True only)
+    "feasible-initial-budget": "line 13 judged against the initial budget B_0, not the budget in force",
+    "restart-on-lower": "a lowered budget restarts the run from M_0 (instead of continuing)",
+    "undo-on-raise": "a raised budget undoes the last accepted step (back to its cost_before model)",
 }
+VARYING_ONLY = ("feasible-initial-budget", "restart-on-lower", "undo-on-raise")
 
 
 @dataclass(frozen=True)
 class Alg1Options:
     integer_costs: bool = False
     mutation: str | None = None
+    varying_budget: bool = False  # KMR.budget.read: B is re-read as B_t = Bseq(t) after line 12
 
     def __post_init__(self) -> None:
         if self.mutation is not None and self.mutation not in MUTATIONS:
@@ -101,6 +109,8 @@ class Vocab:
     rej_before: str = "rej_before"
     rej_after: str = "rej_after"
     rec_t: str = "rec_t"
+    B0: str = "B0"  # changing budgets: the first budget read (ghost)
+    prev_m: str = "prev_m"  # changing budgets: the model before the last accepted step (ghost)
 
 
 V = Vocab()
@@ -142,8 +152,11 @@ def loop_commands(opts: Alg1Options, v: Vocab = V,
 
     def accept(s: State, i: Inputs) -> dict[str, Expr]:  # KMR.alg1.accept
         cp = C(i["mp"])
-        return {v.pc: z3.IntVal(STEP), v.m: i["mp"], v.c: cp, v.nacc: s[v.nacc] + 1, v.nrec: s[v.nrec] + 1,
-                v.acc_m: i["mp"], v.acc_before: s[v.c], v.acc_after: cp, v.rec_t: s[v.t]}
+        upd = {v.pc: z3.IntVal(STEP), v.m: i["mp"], v.c: cp, v.nacc: s[v.nacc] + 1, v.nrec: s[v.nrec] + 1,
+               v.acc_m: i["mp"], v.acc_before: s[v.c], v.acc_after: cp, v.rec_t: s[v.t]}
+        if opts.varying_budget:
+            upd[v.prev_m] = s[v.m]
+        return upd
 
     def reject(s: State, i: Inputs) -> dict[str, Expr]:  # KMR.alg1.early-break (record first)
         cp = C(i["mp"])
@@ -159,9 +172,10 @@ def loop_commands(opts: Alg1Options, v: Vocab = V,
             lambda s, i: z3.And(active(s), s[v.pc] == loc, i["intr"]),
             lambda s, i: {v.pc: z3.IntVal(EXIT), v.status: z3.IntVal(INTERRUPTED)})
 
-    step_update: Callable[[State, Inputs], dict[str, Expr]] = (
+    base_step: Callable[[State, Inputs], dict[str, Expr]] = (
         (lambda s, i: {v.pc: z3.IntVal(HEAD)}) if mut == "no-step"
         else (lambda s, i: {v.pc: z3.IntVal(HEAD), v.t: s[v.t] + 1}))  # KMR.alg1.step
+    step_update = base_step if not opts.varying_budget else _read_budget(opts, v, base_step)
 
     return [
         Command("guard-exit", ("KMR.alg1.loop-guard",),
@@ -187,6 +201,26 @@ def loop_commands(opts: Alg1Options, v: Vocab = V,
     ]
 
 
+def _read_budget(opts: Alg1Options, v: Vocab,
+                 base: Callable[[State, Inputs], dict[str, Expr]]) -> Callable[[State, Inputs], dict[str, Expr]]:
+    """``KMR.budget.read``: after line 12 the schedule is read for the guard of iteration t + 1."""
+    C = cost_fn(opts)
+    mut = opts.mutation
+
+    def upd(s: State, i: Inputs) -> dict[str, Expr]:
+        out = base(s, i)
+        t2 = out.get(v.t, s[v.t])
+        nb = BSEQ(t2)
+        out[v.B] = nb
+        if mut == "restart-on-lower":
+            out.update({v.m: z3.If(nb < s[v.B], s[v.m0], s[v.m]), v.c: z3.If(nb < s[v.B], s[v.c0], s[v.c])})
+        if mut == "undo-on-raise":
+            out.update({v.m: z3.If(nb > s[v.B], s[v.prev_m], s[v.m]),
+                        v.c: z3.If(nb > s[v.B], C(s[v.prev_m]), s[v.c])})
+        return out
+    return upd
+
+
 def exit_command(opts: Alg1Options, v: Vocab = V) -> Command:
     """Line 13 (``KMR.alg1.feasible``) and line 14 (``KMR.alg1.return``). An interrupt here is
     outside the ``try``: it propagates and no result exists, so it is not a transition."""
@@ -196,6 +230,8 @@ def exit_command(opts: Alg1Options, v: Vocab = V) -> Command:
         if mut == "no-feasible-check":
             return {v.pc: z3.IntVal(RET)}
         ok = s[v.c] < s[v.B] if mut == "feasible-lt" else s[v.c] <= s[v.B]
+        if mut == "feasible-initial-budget":
+            ok = s[v.c] <= s[v.B0]
         if mut == "feasible-only-if-unset":
             ok = z3.And(ok, s[v.status] == NONE)
         return {v.pc: z3.IntVal(RET), v.status: z3.If(ok, z3.IntVal(FEASIBLE), s[v.status])}
@@ -207,9 +243,12 @@ def exit_command(opts: Alg1Options, v: Vocab = V) -> Command:
 def fields(opts: Alg1Options, v: Vocab = V) -> dict[str, Any]:
     cost = z3.IntSort() if opts.int_sort else z3.RealSort()
     Z, R, Mo, Bo = z3.IntSort(), z3.RealSort(), ModelSort, z3.BoolSort()
-    return {v.pc: Z, v.status: Z, v.t: Z, v.m: Mo, v.c: cost, v.B: R, v.N: Z, v.m0: Mo, v.c0: cost,
-            v.nacc: Z, v.nrec: Z, v.acc_m: Mo, v.acc_before: cost, v.acc_after: cost,
-            v.rej: Bo, v.rej_m: Mo, v.rej_before: cost, v.rej_after: cost, v.rec_t: Z}
+    out = {v.pc: Z, v.status: Z, v.t: Z, v.m: Mo, v.c: cost, v.B: R, v.N: Z, v.m0: Mo, v.c0: cost,
+           v.nacc: Z, v.nrec: Z, v.acc_m: Mo, v.acc_before: cost, v.acc_after: cost,
+           v.rej: Bo, v.rej_m: Mo, v.rej_before: cost, v.rej_after: cost, v.rec_t: Z}
+    if opts.varying_budget:
+        out |= {v.B0: R, v.prev_m: Mo}
+    return out
 
 
 INPUTS: dict[str, Any] = {"stop": z3.BoolSort(), "intr": z3.BoolSort(), "mp": ModelSort}
@@ -226,7 +265,10 @@ def init(opts: Alg1Options, v: Vocab = V) -> Callable[[State], Expr]:
                       s[v.acc_before] == s[v.c0], s[v.acc_after] == s[v.c0],
                       z3.Not(s[v.rej]), s[v.rej_m] == s[v.m0], s[v.rej_before] == s[v.c0],
                       s[v.rej_after] == s[v.c0], s[v.rec_t] == -1)
-    return p
+
+    def pv(s: State) -> Expr:  # KMR.budget.read: B_0 is read before the loop
+        return z3.And(p(s), s[v.B] == BSEQ(0), s[v.B0] == s[v.B], s[v.prev_m] == s[v.m0])
+    return pv if opts.varying_budget else p
 
 
 def show(v: Vocab = V) -> Callable[[Callable[[Expr], Any], State], str]:
@@ -261,7 +303,8 @@ def cost_nonnegative(opts: Alg1Options, v: Vocab = V) -> Callable[[State, Inputs
 @functools.cache
 def alg1_system(opts: Alg1Options = Alg1Options()) -> System:
     """Algorithm 1 as it is coded in ``kmr_ref.core.budgeted.budgeted_kmr``."""
-    name = "alg1" + ("-int" if opts.integer_costs else "") + (f"[{opts.mutation}]" if opts.mutation else "")
+    name = ("alg1" + ("-int" if opts.integer_costs else "") + ("-budgets" if opts.varying_budget else "")
+            + (f"[{opts.mutation}]" if opts.mutation else ""))
     return System(name, fields(opts), INPUTS, init(opts),
                   (*loop_commands(opts), exit_command(opts)),
                   lambda s: s[V.pc] == RET, show(), show_inputs(opts), cost_nonnegative(opts))

@@ -39,6 +39,7 @@ CROSSHAIR_WALL = 50.0  # wall-clock limit for the CrossHair child process (it ru
 BMC10_DEPTH = 9  # Algorithm 10: a phase stalls, the next accepts twice (or returns)
 MUTANT10_DEPTH = 11  # the longest shortest counterexample (no-carry vs P1e) has 11 transitions
 COVER10_DEPTH = 12
+BUDGET_REPLAYS = 20  # changing-budget runs of the code replayed through the encoding
 
 
 @dataclass
@@ -174,6 +175,36 @@ def _replay(cases: int, seed: int) -> tuple[str, str]:
     mix = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
     return "proved", (f"{cases} runs of kmr_ref.core.budgeted_kmr replayed as legal transitions "
                       f"({mix}); {n_tampered} tampered traces rejected")
+
+
+# ---------------------------------------------------------------- changing budgets
+
+def _budgets(rep: Report) -> None:
+    """``KMR.prop1.changing-budget``: Proposition 1 for every budget sequence (``budgets.py``)."""
+    from kmr_proofs import budgets
+    from kmr_proofs.alg1 import MUTATIONS
+
+    for ob in budgets.obligations():
+        def ind(ob: prop1.Obligation = ob) -> tuple[str, str]:
+            o = budgets.prove(ob)
+            return o.result, (o.detail or f"{len(o.checks)} verification conditions: {ob.summary}")
+        _timed(rep, ob.id, ob.clause, "induction", ind)
+        for mu in ob.mutants:
+            def ref(ob: prop1.Obligation = ob, mu: str = mu) -> tuple[bool, str]:
+                r = budgets.refute(ob, mu, MUTANT_DEPTH)
+                return r.refuted, r.counterexample
+            _mutant(rep, ob.id, mu, MUTATIONS[mu], ref)
+    _timed(rep, "budgets-coverage", budgets.CLAUSE, "bounded", lambda: budgets.coverage(BMC_DEPTH))
+
+    def exhaustive() -> tuple[str, str]:
+        from kmr_proofs.exhaustive import Violation
+
+        try:
+            s = budgets.check_all(budgets.QUICK, replay_sample=BUDGET_REPLAYS)
+        except Violation as e:
+            return "failed", str(e)
+        return "proved", f"budgeted_kmr with changing budgets: {s.line()}"
+    _timed(rep, "budgets-exhaustive", "KMR.budget.read", "exhaustive", exhaustive)
 
 
 # ---------------------------------------------------------------- Algorithm 10 (composition)
@@ -379,6 +410,7 @@ def run_all(*, cases: int = 30, seed: int = 0, crosshair: bool = True, alg10: bo
     try:
         _alg1(rep)
         _timed(rep, "alg1-replay", "KMR.trace.record", "replay", lambda: _replay(cases, seed))
+        _budgets(rep)
         if alg10:
             _alg10(rep)
             _timed(rep, "alg10-replay", "KMR.alg10.phase-trace", "replay",
