@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("demo", "spec", "prove", "bench", "conform", "compress", "eval", "experiment")
+SUBCOMMANDS = ("demo", "spec", "prove", "bench", "conform", "compress", "eval", "experiment", "select")
 
 
 def build_parser() -> argparse.ArgumentParser:
