@@ -17,6 +17,7 @@ from kmr_ref.core import (
     KnobValue,
     PolicyState,
     Proposal,
+    Stop,
     budgeted_kmr,
     real_knob,
 )
@@ -69,3 +70,96 @@ def test_greedy_over_ladder_reaches_budget() -> None:
     assert res.status.value == "feasible" and res.cost_final <= 150
     costs = [r.cost_after for r in res.trace]
     assert all(b < a for a, b in zip([Fraction(800), *costs], costs, strict=False))
+
+
+class Dials:
+    """Model = a tuple of m grid positions; knob ``k<i>`` (IntRange(0, g), increasing) sets
+    position i; cost = sum of a per-knob cost table at the positions (any ints: rungs may lower,
+    keep or raise the cost)."""
+
+    def __init__(self, table: list[list[int]]) -> None:
+        self.table = table
+        self.calls = 0
+
+    def knobs(self) -> Sequence[Knob]:
+        return [Knob(f"k{i}", IntRange(0, len(row) - 1)) for i, row in enumerate(self.table)]
+
+    def apply(self, model: tuple[int, ...], knob: str, value: KnobValue) -> tuple[int, ...]:
+        self.calls += 1
+        i = int(knob[1:])
+        assert isinstance(value, int)
+        return (*model[:i], value, *model[i + 1:])
+
+    def cost(self, model: tuple[int, ...]) -> int:
+        return sum(row[v] for row, v in zip(self.table, model, strict=True))
+
+
+def brute_force_advancing_greedy(table: list[list[int]], budget: int, n: int) -> list[tuple[str, int, int]]:
+    """spec/policies.md KMR.policy.ladder-advance with KMR.policy.greedy (no quality meter), written
+    from the clauses: each knob's candidate is the first rung after its current value that strictly
+    lowers the cost; the largest decrease wins, the earliest knob on ties; Stop when none."""
+    m = [0] * len(table)
+    c = sum(row[0] for row in table)
+    out: list[tuple[str, int, int]] = []
+    while c > budget and len(out) < n:
+        best: tuple[int, int, int] | None = None  # (decrease, -position, value)
+        for i, row in enumerate(table):
+            for v in range(m[i] + 1, len(row)):
+                c2 = c - row[m[i]] + row[v]
+                if c2 < c:
+                    if best is None or (c - c2, -i) > best[:2]:
+                        best = (c - c2, -i, v)
+                    break
+        if best is None:
+            break
+        i, v = -best[1], best[2]
+        c -= best[0]
+        m[i] = v
+        out.append((f"k{i}", v, c))
+    return out
+
+
+def _row(start: int, steps: list[int]) -> list[int]:
+    row = [start]
+    for d in steps:
+        row.append(max(0, row[-1] + d))
+    return row
+
+
+# cost rows: mostly flat rungs (0), some lowering (-1, -2), some raising (+1)
+rows = st.builds(_row, st.integers(2, 9), st.lists(st.sampled_from([0, 0, 0, -1, -2, 1]), min_size=1, max_size=6))
+
+
+@given(st.lists(rows, min_size=1, max_size=4), st.integers(0, 6), st.integers(0, 12), st.booleans())
+def test_greedy_ladder_advances_past_flat_rungs(table: list[list[int]], budget: int, n: int, reuse: bool) -> None:
+    """KMR.policy.ladder-advance, KMR.policy.greedy, KMR.alg1.strict-progress: greedy over a ladder
+    passes over rungs that do not lower cost and proposes each knob's first lowering rung, so it
+    never stalls Algorithm 1 and takes exactly the steps of the brute force; with the reusing
+    wrapper (KMR.rule.reuse) the trace is the same."""
+    from kmr_ref.core.rules import reusing
+
+    rule = Dials(table)
+    tri = KMRTriple("dials", reusing(rule) if reuse else rule, CostMeter("c", rule.cost))
+    names = [f"k{i}" for i in range(len(table))]
+    res = budgeted_kmr(tuple([0] * len(table)), tri, GreedyPolicy(ladder_candidates(names)), budget, n)
+    assert res.status.value != "stalled"
+    assert [(r.knob, r.value, r.cost_after) for r in res.trace] == brute_force_advancing_greedy(table, budget, n)
+    assert all(r.accepted and r.cost_after < r.cost_before for r in res.trace)
+
+
+def test_ladder_advance_examples() -> None:
+    """KMR.policy.ladder-advance: knob k0's rungs 1 and 2 keep the cost, rung 3 lowers it: greedy
+    proposes (k0, 3), where the bare ladder's candidate (k0, 1) would make it stop; a knob whose
+    remaining rungs all keep or raise the cost contributes nothing; advance() gives the next rung,
+    None at the grid's end."""
+    rule = Dials([[5, 5, 5, 2], [4, 4, 9]])
+    tri = KMRTriple("dials", rule, CostMeter("c", rule.cost))
+    lad = ladder_candidates(["k0", "k1"])
+    st0: PolicyState[tuple[int, ...]] = PolicyState((0, 0), 9, None, 0, 0, tri, ())
+    assert lad(st0) == [Proposal("k0", 1), Proposal("k1", 1)]
+    assert GreedyPolicy(lad)(st0) == Proposal("k0", 3)
+    assert lad.advance(st0, Proposal("k0", 2)) == Proposal("k0", 3) and lad.advance(st0, Proposal("k0", 3)) is None
+    # the bare ladder (a plain function of the same candidates): Stop
+    assert GreedyPolicy(lambda s: lad(s))(st0) == Stop("no candidate lowers cost")
+    res = budgeted_kmr((0, 0), tri, GreedyPolicy(lad), 0, 10)
+    assert [(r.knob, r.value) for r in res.trace] == [("k0", 3)] and res.status.value == "policy-stop"

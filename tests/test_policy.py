@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -241,3 +242,182 @@ def test_greedy_evaluates_normalized_values() -> None:
     tri = KMRTriple("t", R(), CostMeter("sum", box_cost))
     GreedyPolicy[Box](lambda s: [Proposal("b", 0.5)])(state_for(Box([3]), tri))  # type: ignore[arg-type]
     assert seen == [Fraction(1, 2)] and type(seen[0]) is Fraction
+
+
+# --- KMR.rule.reuse: Algorithm 1 takes the policy's T(M, k, v) -----------------------------------
+
+
+def _jsonl(res: object) -> bytes:
+    import json
+
+    return b"".join(json.dumps(r.to_json(), sort_keys=True).encode() + b"\n"
+                    for r in res.trace)  # type: ignore[attr-defined]
+
+
+@given(base=st.integers(0, 60), cands=st.lists(st.tuples(st.integers(0, 20), st.integers(-6, 3), qualities),
+                                               max_size=7, unique_by=lambda c: c[0]),
+       budget=st.integers(0, 40), n=st.integers(0, 8), with_q=st.booleans())
+def test_reuse_trace_identical(base: int, cands: list[tuple[int, int, float]], budget: int, n: int,
+                               with_q: bool) -> None:
+    """KMR.rule.reuse, KMR.rule.deterministic: greedy under Algorithm 1 writes byte-identical trace
+    records (JSONL) with and without the reusing wrapper, ends in the same status and cost, and
+    with it the inner rule runs exactly once per candidate evaluation (never again for the winner),
+    holding at most two outputs at any call and at most one after each policy call."""
+    from kmr_ref.core.rules import ReusingRule, reusing
+
+    table: dict[tuple[str, KnobValue], int] = {}
+    qtab: dict[int, float] = {0: 0.25}
+    for v, d, q in cands:
+        table.setdefault(("a", v), d)
+        qtab.setdefault(table[("a", v)], q)
+    props = [Proposal("a", v) for v, _, _ in cands]
+    plain = TableRule(table)
+    inner = TableRule(table)
+    wrapped = reusing(inner)
+    assert reusing(wrapped) is wrapped and isinstance(wrapped, ReusingRule)
+    held: list[int] = []
+
+    class Watch:
+        def knobs(self) -> Sequence[Knob]:
+            return inner.knobs()
+
+        def apply(self, model: Box, knob: str, value: KnobValue) -> Box:
+            held.append(wrapped.held)
+            return inner.apply(model, knob, value)
+
+    wrapped.rule = Watch()
+    qm = QualityMeter[Box]("q", lambda b: qtab.get(b.vals[-1], -1.0) if len(b.vals) > 1 else qtab[0])
+    qm = qm if with_q else None
+    pol_calls: list[int] = []
+
+    def cands_of(s: PolicyState[Box]) -> list[Proposal]:
+        pol_calls.append(wrapped.held)  # at the start of each policy call
+        return props
+
+    r1 = budgeted_kmr(Box([base]), KMRTriple("t", plain, CostMeter("sum", box_cost), qm),
+                      GreedyPolicy[Box](lambda s: props), budget, n)
+    r2 = budgeted_kmr(Box([base]), KMRTriple("t", wrapped, CostMeter("sum", box_cost), qm),
+                      GreedyPolicy[Box](cands_of), budget, n)
+    assert _jsonl(r1) == _jsonl(r2)
+    assert (r1.status, r1.cost_final, r1.quality_final) == (r2.status, r2.cost_final, r2.quality_final)
+    assert r2.model.snapshot() == r1.model.snapshot()
+    proposals = len(pol_calls)
+    assert len(plain.calls) == proposals * len(props) + len(r1.trace)  # greedy, then line 7 again
+    assert len(inner.calls) == proposals * len(props)  # line 7 reused the policy's output
+    assert wrapped.reused == len(r2.trace) and wrapped.applied == len(inner.calls)
+    assert all(h <= 2 for h in held) and all(h <= 1 for h in pol_calls)
+
+
+@given(base=st.integers(0, 40), sched=st.lists(st.tuples(st.integers(0, 20), st.integers(-5, 2)), max_size=8),
+       budget=st.integers(0, 40), n=st.integers(0, 10))
+def test_reuse_without_policy_applications(base: int, sched: list[tuple[int, int]], budget: int, n: int) -> None:
+    """KMR.rule.reuse: a policy that applies nothing (scheduled) gets, through the wrapper, every
+    step applied once by Algorithm 1, and the same trace as without the wrapper."""
+    from kmr_ref.core.rules import reusing
+
+    table: dict[tuple[str, KnobValue], int] = {}
+    for v, d in sched:
+        table.setdefault(("a", v), d)
+    props = tuple(Proposal("a", v) for v, _ in sched)
+    r1 = budgeted_kmr(Box([base]), KMRTriple("t", TableRule(table), CostMeter("sum", box_cost)),
+                      ScheduledPolicy[Box](props), budget, n)
+    inner = TableRule(table)
+    w = reusing(inner)
+    r2 = budgeted_kmr(Box([base]), KMRTriple("t", w, CostMeter("sum", box_cost)), ScheduledPolicy[Box](props),
+                      budget, n)
+    assert _jsonl(r1) == _jsonl(r2) and r1.status == r2.status
+    assert len(inner.calls) == len(r2.trace) and w.reused == 0
+
+
+def test_reuse_keys_and_bounds() -> None:
+    """KMR.rule.reuse: the same input object and (k, v) give the same output object; another
+    value type (0 vs Fraction(0)), another input object or a failing call are not reused; a new
+    input drops what was kept; retain keeps one output, clear none."""
+    from kmr_ref.core.rules import reusing
+
+    rule = TableRule({("a", 1): -1, ("a", 2): -2, ("b", Fraction(1, 2)): -3, ("b", 0): -4})
+    w = reusing(rule)
+    m = Box([10])
+    o1 = w.apply(m, "a", 1)
+    assert w.apply(m, "a", 1) is o1 and len(rule.calls) == 1 and w.held == 1
+    o2 = w.apply(m, "a", 2)
+    assert o2 is not o1 and w.held == 2
+    assert w.apply(m, "b", 0) is not w.apply(m, "b", Fraction(0)) and len(rule.calls) == 4
+    with pytest.raises(KeyError):
+        w.apply(m, "a", 7)  # no table entry: the inner rule fails, nothing is kept
+    assert w.held == 4
+    w.retain(m, "a", 2)
+    assert w.held == 1 and w.apply(m, "a", 2) is o2
+    other = Box([10])
+    assert w.apply(other, "a", 2) is not o2 and w.held == 1  # another object, equal bytes: applied
+    w.retain(m, "a", 2)  # not the latest input: nothing is kept
+    assert w.held == 0
+    w.apply(m, "a", 1)
+    w.clear()
+    assert w.held == 0 and w.knobs() == rule.knobs()
+
+
+# --- KMR.rule.analysis-scope ---------------------------------------------------------------------
+
+
+def test_analysis_scope() -> None:
+    """KMR.rule.analysis-scope: no scope outside a block; nested blocks share the outermost; a
+    kept value is found for the same object only (not an equal one) and dropped at the end; the
+    greedy policy evaluates its candidates inside one scope."""
+    from kmr_ref.core.rules import analysis_scope, current_scope
+
+    assert current_scope() is None
+    a, b = Box([1]), Box([1])
+    with analysis_scope() as s:
+        assert current_scope() is s
+        with analysis_scope() as inner:
+            assert inner is s
+        s.put("k", a, 7)
+        assert s.get("k", a) == 7 and s.get("k", b) is None and s.get("other", a) is None and len(s) == 1
+    assert current_scope() is None
+    with analysis_scope() as s2:
+        assert s2 is not s and s2.get("k", a) is None
+    seen: list[object] = []
+
+    class R:
+        def knobs(self) -> Sequence[Knob]:
+            return (Knob("a", IntRange(0, 5)),)
+
+        def apply(self, model: Box, knob: str, value: KnobValue) -> Box:
+            seen.append(current_scope())
+            return Box([*model.vals, -1])
+
+    tri = KMRTriple("t", R(), CostMeter("sum", box_cost))
+    GreedyPolicy[Box](lambda s: [Proposal("a", 1), Proposal("a", 2)])(state_for(Box([3]), tri))
+    assert len(seen) == 2 and seen[0] is not None and seen[0] is seen[1]
+    assert current_scope() is None
+
+
+def test_derivation_record() -> None:
+    """KMR.meter.delta: a record gives (parent, changed) while both live; it vanishes with the
+    child, reads None once the parent is gone, and is skipped for models that cannot be weakly
+    referenced."""
+    import gc
+
+    from kmr_ref.core.meters import derivation, record_derivation
+
+    class M:
+        pass
+
+    parent, child = M(), M()
+    record_derivation(child, parent, ["w", "v", "w"])
+    assert derivation(child) == (parent, frozenset({"w", "v"}))
+    assert derivation(parent) is None
+    del parent
+    gc.collect()
+    assert derivation(child) is None
+    p2, c2 = M(), M()
+    record_derivation(c2, p2, ["x"])
+    import kmr_ref.core.meters as meters_mod
+
+    n = len(meters_mod._DERIVED)
+    del c2
+    gc.collect()
+    assert len(meters_mod._DERIVED) == n - 1
+    record_derivation((1, 2), p2, ["x"])  # a tuple: no weak reference, no record
+    assert derivation((1, 2)) is None

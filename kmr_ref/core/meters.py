@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Integral, Real
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from kmr_ref.core.errors import MeterError
 from kmr_ref.core.exact import Exact, is_exact
@@ -81,3 +82,36 @@ def as_cost_meter(m: CostMeter[M] | Callable[[M], Exact]) -> CostMeter[M]:
 def as_quality_meter(m: QualityMeter[M] | Callable[[M], float]) -> QualityMeter[M]:
     """A QualityMeter as is; a plain callable wrapped (``KMR.meter.quality`` applies to it)."""
     return m if isinstance(m, QualityMeter) else QualityMeter(getattr(m, "__name__", "quality"), m)
+
+
+# KMR.meter.delta: id(child) -> (weak ref to child, weak ref to parent, changed names)
+_DERIVED: dict[int, tuple[weakref.ref[Any], weakref.ref[Any], frozenset[str]]] = {}
+
+
+def record_derivation(child: object, parent: object, changed: Iterable[str]) -> None:
+    """``KMR.meter.delta``: record that the rule output ``child`` is ``parent`` with only the
+    parameters named in ``changed`` replaced (same tree, same other parameter objects). The record
+    holds neither model (weak references); it vanishes with ``child``. A model that cannot be
+    weakly referenced gets no record (meters then measure it in full)."""
+    key = id(child)
+
+    def drop(r: weakref.ref[Any]) -> None:
+        e = _DERIVED.get(key)
+        if e is not None and e[0] is r:
+            del _DERIVED[key]
+
+    try:
+        entry = (weakref.ref(child, drop), weakref.ref(parent), frozenset(changed))
+    except TypeError:  # not weak-referenceable (e.g. an int or a tuple model)
+        return
+    _DERIVED[key] = entry
+
+
+def derivation(child: object) -> tuple[Any, frozenset[str]] | None:
+    """``KMR.meter.delta``: ``(parent, changed names)`` recorded for ``child``, or None (no record,
+    or the parent no longer exists)."""
+    e = _DERIVED.get(id(child))
+    if e is None or e[0]() is not child:
+        return None
+    parent = e[1]()
+    return None if parent is None else (parent, e[2])
