@@ -55,6 +55,10 @@ def test_bench_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
             assert raw["result_bytes"] >= 0
         assert c["copy_into_s"] > 0 and c["ours_1t_s"] > 0
         assert "quiet" not in c and rep["load"] == 0
+        # the honest-baseline labels: threads, the workers ours chose at each of its calls, the load
+        assert c["threads"] == 1 and c["workers"] == [1, 1]
+        assert len(c["loadavg"]) == 3 and c["copy_into_bandwidth_bytes_per_s"] > 0
+        assert "ours_compiled_s" not in c and rep["compile"] is False
     prune, quant = rep["cases"]
     # torch's topk may break ties differently; on this seeded Gaussian model there are none at the
     # boundary, and the quantization arithmetic is the same IEEE operations as torch's fake-quant
@@ -96,3 +100,22 @@ def test_busy_load_stops_on_error() -> None:
         assert all(p.poll() is None for p in procs)
         raise KeyboardInterrupt
     assert all(p.poll() is not None for p in procs)
+
+
+@pytest.mark.slow
+def test_bench_compile_reports_compile_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compile``: the quantization case also times the ``torch.compile``d quantize pass; its
+    steady state (``ours_compiled_s``) and its warm-up with the compile (``compile_s``) are apart,
+    and the compiled results agree with torch's fake-quant as ours do (0 entries differ)."""
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("g++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    assert main(["bench", "--json", "--size", "5k", "--repeats", "2", "--threads", "1", "--compile",
+                 "--case", "quant_per_channel"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    (c,) = rep["cases"]
+    assert rep["compile"] is True and c["agree"]
+    assert len(c["raw"]["ours_compiled"]["times"]) == 2
+    assert c["ours_compiled_s"] > 0 and c["compile_s"] > c["ours_compiled_s"]
+    assert c["vs_copy_compiled"] == pytest.approx(c["ours_compiled_s"] / c["copy_s"])

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,7 +42,12 @@ TIMING_DEFINITION = (
     "included, as ours and the peer allocate their results); copy_into_s copies into preallocated, "
     "pre-touched tensors (no page faults); ours_1t_s is ours with one thread. With load K, each case "
     "also holds 'quiet' and 'loaded' timings, the latter measured while K busy-looping processes "
-    "run; growth = loaded / quiet, and growth_vs_copy = ours' growth / copy's growth (goal <= 1.5)."
+    "run; growth = loaded / quiet, and growth_vs_copy = ours' growth / copy's growth (goal <= 1.5). "
+    "workers: the worker threads ours chose at each call (one per core not busy at the call). With "
+    "--compile, ours_compiled_s is the steady state of the torch.compile'd quantize pass and compile_s "
+    "its warm-up in a fresh process (a tiny model, then one call on the model: the compile and its "
+    "recompiles for the model's block shapes; quiet phase: an empty inductor cache, loaded "
+    "phase: the cache the quiet phase filled)."
 )
 LOAD_GOAL = 1.5
 _LOAD_MAX_S = 3600.0  # a busy process never outlives this, nor its parent
@@ -104,8 +110,10 @@ def busy_load(k: int, max_s: float = _LOAD_MAX_S) -> Iterator[list[subprocess.Po
                 p.wait()
 
 
-def _worker(args: list[str], baseline: str | None) -> dict[str, Any]:
+def _worker(args: list[str], baseline: str | None, cache_dir: str | None = None) -> dict[str, Any]:
     env = dict(os.environ)
+    if cache_dir:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # compile time measured from this cache, not the user's
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if baseline:
@@ -124,9 +132,9 @@ def _memory(case: str, impl: str, size: int, threads: int, device: str) -> dict[
 
 
 def _interleaved(case: str, impls: tuple[str, ...], size: int, repeats: int, threads: int, device: str,
-                 baseline: str | None) -> dict[str, Any]:
+                 baseline: str | None, cache_dir: str | None = None) -> dict[str, Any]:
     return _worker(["--interleave", case, str(size), str(repeats), str(threads), device, ",".join(impls)],
-                   baseline)
+                   baseline, cache_dir)
 
 
 def _extra(r: dict[str, Any]) -> int:
@@ -152,29 +160,52 @@ def _peak_bandwidth(device: str) -> float | None:
 def _timings(t: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {f"{impl}_s": m for impl, m in t["median_s"].items()}
     out["times"] = t["times"]
+    out["workers"] = t.get("workers")
+    out["loadavg"] = t.get("loadavg")
+    if t.get("compile_s") is not None:
+        out["compile_s"] = t["compile_s"]
     return out
 
 
-def _phase(cases: tuple[str, ...], impls: tuple[str, ...], size: int, reps: int, nthreads: int, device: str,
-           baseline: str | None, label: str, progress: Callable[[str], None] | None) -> dict[str, dict[str, Any]]:
+def case_impls(case: str, baseline: str | None, compile: bool) -> tuple[str, ...]:
+    """The implementations timed for ``case``: ours, ours with one thread, the peer, the two copies;
+    ``baseline`` with --baseline; ``ours_compiled`` for quantization with --compile."""
+    return (IMPLS + (("baseline",) if baseline else ())
+            + (("ours_compiled",) if compile and case == "quant_per_channel" else ()))
+
+
+def _phase(cases: tuple[str, ...], size: int, reps: int, nthreads: int, device: str, baseline: str | None,
+           compile: bool, cache_dir: str | None, label: str,
+           progress: Callable[[str], None] | None) -> dict[str, dict[str, Any]]:
     res: dict[str, dict[str, Any]] = {}
     for case in cases:
+        impls = case_impls(case, baseline, compile)
         if progress:
             progress(f"{label}{case}: {', '.join(impls)} interleaved (size {size:,}, {reps} rounds)")
-        res[case] = _interleaved(case, impls, size, reps, nthreads, device, baseline)
+        res[case] = _interleaved(case, impls, size, reps, nthreads, device, baseline, cache_dir)
+        res[case]["loadavg"] = loadavg()
     return res
 
 
 def run_bench(size: int, *, repeats: int | None = None, threads: int | None = None, device: str = "cpu",
-              cases: tuple[str, ...] = CASES, load: int = 0, baseline: str | None = None,
+              cases: tuple[str, ...] = CASES, load: int = 0, baseline: str | None = None, compile: bool = False,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The report: ``{"device", "threads", "cases": [...]}`` (the ``kmr bench --json`` contract)
     plus descriptive fields. ``load``: also measure every case while that many busy processes run
     (each case then holds ``quiet`` and ``loaded``); ``baseline``: a directory of older kernels
-    (``prune_select.py``, ``quant_fused.py``) measured beside ours as ``baseline_s``."""
+    (``prune_select.py``, ``quant_fused.py``) measured beside ours as ``baseline_s``; ``compile``:
+    also time the ``torch.compile``d quantize pass (``ours_compiled_s``, first call ``compile_s``,
+    compiled into a fresh inductor cache)."""
+    with tempfile.TemporaryDirectory(prefix="kmr-bench-inductor-") as tmp:
+        return _run_bench(size, repeats, threads, device, cases, load, baseline, compile,
+                          tmp if compile else None, progress)
+
+
+def _run_bench(size: int, repeats: int | None, threads: int | None, device: str, cases: tuple[str, ...], load: int,
+               baseline: str | None, compile: bool, cache_dir: str | None,
+               progress: Callable[[str], None] | None) -> dict[str, Any]:
     reps = repeats or default_repeats(size)
     nthreads = threads or torch.get_num_threads()
-    impls = IMPLS + (("baseline",) if baseline else ())
     load_start = loadavg()
     t0 = time.perf_counter()
     mem: dict[str, dict[str, dict[str, Any]]] = {}
@@ -184,16 +215,18 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
             if progress:
                 progress(f"{case}: {impl}, peak memory (size {size:,})")
             mem[case][impl] = _memory(case, impl, size, nthreads, device)
-    quiet = _phase(cases, impls, size, reps, nthreads, device, baseline, "", progress)
+    quiet = _phase(cases, size, reps, nthreads, device, baseline, compile, cache_dir, "", progress)
     loaded: dict[str, dict[str, Any]] | None = None
     load_during: list[float] | None = None
     if load:
         with busy_load(load):
-            loaded = _phase(cases, impls, size, reps, nthreads, device, baseline, f"load {load}: ", progress)
+            loaded = _phase(cases, size, reps, nthreads, device, baseline, compile, cache_dir, f"load {load}: ",
+                            progress)
             load_during = loadavg()
     peak_bw = _peak_bandwidth(device)
     out_cases = []
     for case in cases:
+        impls = case_impls(case, baseline, compile)
         q = _timings(quiet[case])
         ms = mem[case]
         ours, peer, copy = ms["ours"], ms["peer"], ms["copy"]
@@ -220,6 +253,12 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
             "bytes_moved": moved,
             "bandwidth_bytes_per_s": moved / q["ours_s"],
             "bandwidth_fraction": moved / q["ours_s"] / peak_bw if peak_bw else None,
+            "copy_into_bandwidth_bytes_per_s": 2 * int(ours["model_bytes"]) / q["copy_into_s"],
+            "copy_into_bandwidth_fraction": (2 * int(ours["model_bytes"]) / q["copy_into_s"] / peak_bw
+                                             if peak_bw else None),
+            "threads": nthreads,
+            "workers": q["workers"],
+            "loadavg": q["loadavg"],
             "raw": {impl: {"times": q["times"][impl],
                            "peak_delta_bytes": ms[impl]["peak_delta_bytes"] if impl in ms else None,
                            "result_bytes": ms[impl]["result_bytes"] if impl in ms else None} for impl in impls},
@@ -230,6 +269,11 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
         if baseline:
             c["baseline_s"] = q["baseline_s"]
             c["speedup_vs_baseline"] = q["baseline_s"] / q["ours_s"]
+        if "ours_compiled_s" in q:
+            c["ours_compiled_s"] = q["ours_compiled_s"]
+            c["compile_s"] = q["compile_s"]
+            c["vs_copy_compiled"] = q["ours_compiled_s"] / q["copy_s"]
+            c["speedup_compiled"] = q["peer_s"] / q["ours_compiled_s"]
         if loaded is not None:
             ld = _timings(loaded[case])
             growth = {impl: ld[f"{impl}_s"] / q[f"{impl}_s"] for impl in impls}
@@ -254,5 +298,6 @@ def run_bench(size: int, *, repeats: int | None = None, threads: int | None = No
         "peak_extra_definition": PEAK_EXTRA_DEFINITION,
         "timing_definition": TIMING_DEFINITION,
         "baseline": os.path.abspath(baseline) if baseline else None,
+        "compile": compile,
         "cases": out_cases,
     }

@@ -14,6 +14,10 @@ Implementations per case:
   ``ours``: :func:`kmr_ref.kernels.quant_fused.quantize_groups` (observe + codes + dequantized
   weight); ``peer``: the same observe (``torch.amin``/``amax`` and the spec's scale formula), then
   ``torch.fake_quantize_per_channel_affine``; ``copy``: ``clone()``; ``copy_into``: as above.
+* ``ours_compiled`` (quantization, ``kmr bench --compile``): ours with ``compile=True`` (the quantize
+  pass of each block as one ``torch.compile``d loop); the warm-up calls (the tiny model, then one
+  call on the model: the compile and its recompiles for the model's block shapes) are timed apart
+  (``compile_s``), the rounds time the steady state.
 * ``baseline`` (both cases): the same call as ``ours`` on the kernels in the directory named by
   ``KMR_BENCH_BASELINE`` (files ``prune_select.py`` and ``quant_fused.py``, e.g. an older commit's
   ``kmr_ref/kernels``), for before/after figures measured side by side.
@@ -37,6 +41,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from kmr_ref.bench.models import make_tensors
+from kmr_ref.kernels.parallel import workers_for
 from kmr_ref.kernels.prune_select import magnitude_masks, prune_global
 from kmr_ref.kernels.quant_fused import _qparams, quantize_groups
 from kmr_ref.methods.pruning import prune_count
@@ -141,6 +146,10 @@ def _impl(case: str, impl: str, tensors: list[torch.Tensor]) -> tuple[Callable[[
         return peer, lambda mods: _nbytes([m.weight for m in mods] + [m.weight_mask for m in mods])
     if case == "quant_per_channel":
         qmin, qmax = code_range(BITS, SCHEME)
+        if impl == "ours_compiled":
+            def ours_c() -> list[Any]:
+                return [quantize_groups(t, BITS, SCHEME, compile=True) for t in tensors]
+            return ours_c, lambda out: sum(_nbytes([q.codes, q.scale, q.zp, q.dequant]) for q in out)
         if impl in ("ours", "baseline"):
             qfn = _baseline("quant_fused").quantize_groups if impl == "baseline" else quantize_groups
 
@@ -215,17 +224,25 @@ def measure(case: str, impl: str, size: int, repeats: int, threads: int, device:
 def interleave(case: str, impls: list[str], size: int, repeats: int, threads: int, device: str) -> dict[str, Any]:
     """Time every implementation on one model in ONE process, round-robin (the order rotates each
     round), so that each round's figures share the machine's background load: their ratios are
-    fair on a busy machine. ``ours_1t`` is ours with one intra-op thread. Returns the times."""
+    fair on a busy machine. ``ours_1t`` is ours with one intra-op thread. Returns the times, the
+    workers ours chose at each of its calls, and (``ours_compiled``) the first call's time, which
+    includes the compile."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
     tensors = make_tensors(size, device)
     calls: dict[str, Callable[[], Any]] = {}
+    compile_s: float | None = None
     with torch.no_grad():
         for impl in impls:
             base = "ours" if impl == "ours_1t" else impl
-            _impl(case, base, make_tensors(4096, device))[0]()  # warm-up: lazy initialisation
+            t0 = time.perf_counter()
+            _impl(case, base, make_tensors(4096, device))[0]()  # warm-up: lazy initialisation (and the compile)
             calls[impl] = _impl(case, base, tensors)[0]
+            if impl == "ours_compiled":  # and its recompiles for this model's block shapes: not steady state
+                calls[impl]()
+                compile_s = time.perf_counter() - t0
     times: dict[str, list[float]] = {impl: [] for impl in impls}
+    workers: list[int] = []
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -235,6 +252,8 @@ def interleave(case: str, impls: list[str], size: int, repeats: int, threads: in
         for r in range(repeats):
             for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
                 torch.set_num_threads(1 if impl == "ours_1t" else threads)
+                if impl == "ours":
+                    workers.append(workers_for(dev))  # what the kernel chooses at this call
                 gc.collect()
                 sync()
                 t0 = time.perf_counter()
@@ -243,7 +262,7 @@ def interleave(case: str, impls: list[str], size: int, repeats: int, threads: in
                 times[impl].append(time.perf_counter() - t0)
                 del out
     torch.set_num_threads(threads)
-    return {"case": case, "size": size, "times": times,
+    return {"case": case, "size": size, "times": times, "workers": workers, "compile_s": compile_s,
             "median_s": {impl: statistics.median(ts) for impl, ts in times.items()}}
 
 

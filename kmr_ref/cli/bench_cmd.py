@@ -1,4 +1,4 @@
-"""``kmr bench [--json] [--size N] [--load K] [--baseline DIR]``: our kernels vs torch's peers vs a
+"""``kmr bench [--json] [--size N] [--load K] [--baseline DIR] [--compile]``: our kernels vs torch's peers vs a
 plain copy, quiet and under load (informative)."""
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def register(sub: Any) -> None:
                    help="also measure every case while K busy processes run (stopped afterwards)")
     p.add_argument("--baseline", default=None, metavar="DIR",
                    help="older kernels (prune_select.py, quant_fused.py) to time beside ours")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the torch.compile'd quantize pass (steady state; the compile apart)")
     p.set_defaults(func=run)
 
 
@@ -43,8 +45,10 @@ def _table(rep: dict[str, Any]) -> None:
     t = Table(title=f"kmr bench — device {rep['device']} ({rep['device_name']}), threads {rep['threads']}, "
                     f"torch {rep['torch']}, load average at start {la[0] if la else '?'}")
     base = any("baseline_s" in c for c in rep["cases"])
+    comp = any("ours_compiled_s" in c for c in rep["cases"])
     cols = ["case", "size", "ours s", "1 thread s", "peer s", "copy s", "copy-into s", "speedup", "vs copy",
-            "peak extra (ours)", "peak extra (peer)", "model", "agree"] + (["baseline s"] if base else [])
+            "peak extra (ours)", "peak extra (peer)", "model", "agree"]
+    cols += (["baseline s"] if base else []) + (["compiled s (compile s)"] if comp else [])
     for col in cols:
         t.add_column(col, justify="right" if col not in ("case", "agree") else "left")
     for c in rep["cases"]:
@@ -52,18 +56,24 @@ def _table(rep: dict[str, Any]) -> None:
                f"{c['copy_s']:.3f}", f"{c['copy_into_s']:.3f}", f"{c['speedup']:.1f}x", f"{c['vs_copy']:.2f}x",
                f"{_mb(c['peak_extra_bytes'])} ({c['peak_extra_ratio']:.3f}x)", _mb(c["peer_peak_extra_bytes"]),
                _mb(c["model_bytes"]), "yes" if c["agree"] else f"no ({c['mismatches']:,} entries differ)"]
-        t.add_row(*(row + ([f"{c['baseline_s']:.3f}"] if base else [])))
+        if base:
+            row.append(f"{c['baseline_s']:.3f}")
+        if comp:
+            row.append(f"{c['ours_compiled_s']:.3f} ({c['compile_s']:.1f})" if "ours_compiled_s" in c else "")
+        t.add_row(*row)
     con = Console(width=None if sys.stdout.isatty() else 160)
     con.print(t)
     if rep["load"]:
         lt = Table(title=f"under load: {rep['load']} busy processes (load average then {rep['loadavg_loaded']})")
-        for col in ("case", "ours s", "peer s", "copy s", "ours growth", "copy growth", "growth vs copy"):
+        for col in ("case", "ours s", "1 thread s", "peer s", "copy s", "copy-into s", "ours growth", "copy growth",
+                    "copy-into growth", "growth vs copy"):
             lt.add_column(col, justify="left" if col == "case" else "right")
         for c in rep["cases"]:
             ld, g = c["loaded"], c["growth"]
             mark = "" if c["load_goal_met"] else f" (goal <= {LOAD_GOAL})"
-            lt.add_row(c["name"], f"{ld['ours_s']:.3f}", f"{ld['peer_s']:.3f}", f"{ld['copy_s']:.3f}",
-                       f"{g['ours']:.2f}x", f"{g['copy']:.2f}x", f"{c['growth_vs_copy']:.2f}x{mark}")
+            lt.add_row(c["name"], f"{ld['ours_s']:.3f}", f"{ld['ours_1t_s']:.3f}", f"{ld['peer_s']:.3f}",
+                       f"{ld['copy_s']:.3f}", f"{ld['copy_into_s']:.3f}", f"{g['ours']:.2f}x", f"{g['copy']:.2f}x",
+                       f"{g['copy_into']:.2f}x", f"{c['growth_vs_copy']:.2f}x{mark}")
         con.print(lt)
     for c in rep["cases"]:
         con.print(f"[bold]{c['name']}[/]: ours = {c['ours']}; peer = {c['peer']}; medians of {c['repeats']}")
@@ -80,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print("kmr bench: --load takes K >= 0", file=sys.stderr)
         return 2
     rep = run_bench(args.size, repeats=args.repeats, threads=args.threads, device=args.device, cases=cases,
-                    load=args.load, baseline=args.baseline, progress=progress)
+                    load=args.load, baseline=args.baseline, compile=args.compile, progress=progress)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
