@@ -11,23 +11,36 @@ import pytest
 from kmr_ref.core import (
     BudgetError,
     CostMeter,
+    FiniteDomain,
     GreedyPolicy,
     InformativeMeter,
     IntRange,
+    KMRError,
     KMRTriple,
     Knob,
+    KnobDomainError,
     KnobValue,
+    MeterError,
     Phase,
     PolicyError,
     PolicyState,
     Proposal,
     QualityMeter,
+    RealInterval,
     ScheduledPolicy,
     Status,
+    StepRecord,
     Stop,
     budgeted_kmr,
     composed_kmr,
+    real_knob,
 )
+from kmr_ref.core.checked import checked
+from kmr_ref.core.errors import ContractError
+from kmr_ref.core.exact import fmt_exact
+from kmr_ref.core.knobs import find_knob
+from kmr_ref.core.meters import as_cost_meter, as_quality_meter
+from kmr_ref.core.trace import json_value
 
 
 class SetTo:
@@ -157,3 +170,192 @@ def test_phase_policy_sees_its_triple() -> None:
 
     composed_kmr(10, [Phase("a", SetTo(), pol), Phase("b", SetTo(), pol)], cost, 0, 5, quality=qual)
     assert seen == [("a", "c", "q"), ("b", "c", "q")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutants of knobs.py, exact.py, meters.py, trace.py, errors.py and checked.py (make mutation):
+# exact messages and clause IDs, interval ends, names carried through wrappers.
+
+
+def _err(fn: object, *args: object, **kw: object) -> KMRError:
+    with pytest.raises(KMRError) as e:
+        fn(*args, **kw)  # type: ignore[operator]
+    return e.value
+
+
+def test_knob_domain_errors_exact() -> None:
+    """KMR.knob.domain-finite KMR.knob.domain-int KMR.knob.domain-real KMR.knob.unknown
+    KMR.error.names-clause: every refusal of a domain names its clause and says what was wrong."""
+    assert str(_err(FiniteDomain, ())) == "[KMR.knob.domain-finite] a finite domain needs >= 1 distinct values"
+    assert str(_err(FiniteDomain, (1, 1))) == "[KMR.knob.domain-finite] a finite domain needs >= 1 distinct values"
+    assert str(_err(FiniteDomain((1, "a")).normalize, 2)) == "[KMR.knob.domain-finite] 2 is not one of [1, 'a']"
+    e = _err(IntRange, 3, 2)
+    assert isinstance(e, KnobDomainError) and str(e) == "[KMR.knob.domain-int] empty range 3..2"
+    assert e.clause == "KMR.knob.domain-int" and e.message == "empty range 3..2"
+    e = _err(RealInterval, Fraction(2), Fraction(1))
+    assert str(e) == "[KMR.knob.domain-real] empty interval 2, 1" and e.message == "empty interval 2, 1"
+    assert str(_err(find_knob, [Knob("a", IntRange(0, 1))], "b")) == \
+        "[KMR.knob.unknown] no knob named 'b'; known: ['a']"
+
+
+def test_real_interval_ends() -> None:
+    """KMR.knob.domain-real: a closed end belongs to the interval, an open one does not; a single
+    point is a (closed) interval, an open end on it makes it empty; the error shows the brackets."""
+    one = Fraction(1)
+    assert RealInterval(one, one).contains(1)
+    for lo_open, hi_open in ((True, False), (False, True), (True, True)):
+        assert str(_err(RealInterval, one, one, None, lo_open, hi_open)) == "[KMR.knob.domain-real] empty interval 1, 1"
+    r = RealInterval(Fraction(0), Fraction(1), lo_open=True)
+    assert not r.contains(0) and r.contains(1) and r.contains(Fraction(1, 2))
+    r = RealInterval(Fraction(0), Fraction(1), hi_open=True)
+    assert r.contains(0) and not r.contains(1)
+    r = RealInterval(Fraction(0), Fraction(1))
+    assert r.contains(0) and r.contains(1) and not r.contains(2) and not r.contains(-1)
+    assert str(_err(RealInterval(Fraction(0), Fraction(1), lo_open=True).normalize, 0)) == \
+        "[KMR.knob.domain-real] 0 is outside (0, 1]"
+    assert str(_err(RealInterval(Fraction(0), Fraction(1), hi_open=True).normalize, 2)) == \
+        "[KMR.knob.domain-real] 2 is outside [0, 1)"
+    assert str(_err(RealInterval(Fraction(0), Fraction(1)).normalize, "x")) == \
+        "[KMR.knob.domain-real] knob value 'x' is not a rational literal"
+    for step in (None, Fraction(0), Fraction(-1)):
+        assert str(_err(lambda s=step: list(RealInterval(Fraction(0), Fraction(1), s).grid()))) == \
+            "[KMR.knob.domain-real] this interval has no grid step"
+
+
+def test_real_knob_bounds_and_direction() -> None:
+    """KMR.knob.domain-real KMR.exact.binary64 KMR.knob.def: real_knob converts each bound with
+    the clause of real domains and names the bound in the error; lo = hi is a one-point knob; the
+    direction is kept."""
+    k = real_knob("s", 0.5, 0.5)
+    assert k.check("1/2") == Fraction(1, 2) and real_knob("s", 0.5, 0.5, 1).grid() == [Fraction(1, 2)]
+    assert real_knob("s", 0, 1, "1/2", "decreasing").more_aggressive == "decreasing"
+    assert real_knob("s", 0, 1).more_aggressive == "increasing"
+    assert real_knob("s", 0, 1, "1/2").grid() == [0, Fraction(1, 2), 1]
+    for args, msg in ((("x", 1), "lo 'x' is not a rational literal"), ((0, "x"), "hi 'x' is not a rational literal"),
+                      ((0, 1, "x"), "step 'x' is not a rational literal")):
+        e = _err(real_knob, "s", *args)
+        assert isinstance(e, KnobDomainError) and str(e) == f"[KMR.knob.domain-real] {msg}"
+    assert str(_err(real_knob, "s", 1, 0)) == "[KMR.knob.domain-real] empty interval [1, 0]"
+
+
+def test_exact_and_trace_json() -> None:
+    """KMR.exact.binary64 KMR.trace.record: exact numbers print as 7 and 7/10; a record's JSON
+    keeps ints, writes Fractions as "p/q" strings, keeps None and booleans."""
+    assert fmt_exact(Fraction(7, 10)) == "7/10" and fmt_exact(7) == "7"
+    assert json_value(None) is None and json_value(True) is True and json_value(3) == 3
+    assert json_value(Fraction(7, 10)) == "7/10" and json_value("a") == "a"
+    r = StepRecord(2, "s", Fraction(1, 2), 10, Fraction(15, 2), 0.25, True, "accepted")
+    assert r.to_json() == {"t": 2, "knob": "s", "value": "1/2", "cost_before": 10, "cost": "15/2",
+                           "quality": 0.25, "accepted": True, "reason": "accepted"}
+    r = StepRecord(0, "b", 4, 3, 3, None, False, "not-strictly-lower")
+    assert r.to_json() == {"t": 0, "knob": "b", "value": 4, "cost_before": 3, "cost": 3,
+                           "quality": None, "accepted": False, "reason": "not-strictly-lower"}
+
+
+def test_errors_carry_clause_and_message() -> None:
+    """KMR.error.names-clause: a KMRError keeps the clause and the message apart and shows both."""
+    e = MeterError("KMR.meter.cost-exact", "bad")
+    assert e.clause == "KMR.meter.cost-exact" and e.message == "bad" and str(e) == "[KMR.meter.cost-exact] bad"
+    assert isinstance(e, TypeError) and isinstance(ContractError("c", "m"), RuntimeError)
+
+
+class _Sub(int):
+    pass
+
+
+def test_meter_errors_exact() -> None:
+    """KMR.exact.plain KMR.meter.cost-exact KMR.meter.quality: the meter errors name the meter,
+    the type or value returned and what is required."""
+    assert str(_err(CostMeter[int]("c", lambda m: _Sub(3)), 0)) == (
+        "[KMR.exact.plain] cost meter 'c' returned an instance of _Sub, a subclass of int/Fraction (it may "
+        "redefine comparison); return a plain int or Fraction")
+    assert str(_err(CostMeter[int]("c", lambda m: 1.5), 0)) == (  # type: ignore[arg-type,return-value]
+        "[KMR.meter.cost-exact] cost meter 'c' returned float 1.5; normative costs are exact (int or Fraction)")
+    assert str(_err(CostMeter[int]("c", lambda m: -2), 0)) == "[KMR.meter.cost-exact] cost meter 'c' returned -2 < 0"
+    assert str(_err(QualityMeter[int]("q", lambda m: True), 0)) == "[KMR.meter.quality] quality meter 'q' returned bool"
+    assert str(_err(QualityMeter[int]("q", lambda m: float("nan")), 0)) == (
+        "[KMR.meter.quality] quality meter 'q' returned nan; a finite real is required")
+
+
+class _Nameless:
+    def __call__(self, m: int) -> int:
+        return m
+
+
+def test_plain_callables_keep_their_names() -> None:
+    """KMR.meter.cost-exact KMR.meter.quality KMR.triple.def: a plain callable becomes a meter named
+    after the function, or "cost" / "quality" when it has no name."""
+    def size(m: int) -> int:
+        return m
+
+    assert as_cost_meter(size).name == "size" and as_quality_meter(size).name == "size"
+    assert as_cost_meter(_Nameless()).name == "cost" and as_quality_meter(_Nameless()).name == "quality"
+    assert as_cost_meter(_Nameless())(4) == 4 and as_quality_meter(_Nameless())(4) == 4.0
+
+
+class _TwoKnobs:
+    """Knob 'v' sets the model to v, knob 'w' to 2 v: the rule must be told which knob."""
+
+    def knobs(self) -> Sequence[Knob]:
+        return [Knob("v", IntRange(0, 100)), Knob("w", IntRange(0, 100))]
+
+    def apply(self, model: list[int], knob: str, value: KnobValue) -> list[int]:
+        assert isinstance(value, int)
+        return [value if knob == "v" else 2 * value]
+
+
+def test_checked_wrappers_are_transparent() -> None:
+    """KMR.rule.no-mutation KMR.policy.no-mutation KMR.meter.deterministic: checked() changes no
+    result: the rule gets the knob asked for, the triple keeps its name, meters, units and
+    informative meters, and a run with a quality meter passes the checks."""
+    info = InformativeMeter[list[int]]("len", lambda m: len(m))
+    tri = KMRTriple("t", _TwoKnobs(), CostMeter("c", lambda m: m[0], "units"), QualityMeter("q", lambda m: -m[0]),
+                    (info,))
+    ctri, cpol = checked(tri, ScheduledPolicy((Proposal("w", 3), Proposal("v", 2))))
+    assert ctri.name == "t" and ctri.cost.name == "c" and ctri.cost.unit == "units"
+    assert ctri.quality is not None and ctri.quality.name == "q" and ctri.informative == (info,)
+    assert ctri.rule.knobs() == tri.rule.knobs()
+    res = budgeted_kmr([10], ctri, cpol, 0, 5)
+    assert [(r.knob, r.cost_after) for r in res.trace] == [("w", 6), ("v", 2)]
+    assert res.model == [2] and res.quality_final == -2.0
+
+
+def test_checked_errors_exact() -> None:
+    """KMR.rule.no-mutation KMR.policy.no-mutation KMR.meter.deterministic: each broken assumption
+    raises ContractError naming its clause and the callback that broke it."""
+    class Mutating(_TwoKnobs):
+        def apply(self, model: list[int], knob: str, value: KnobValue) -> list[int]:
+            model.append(0)
+            return [1]
+
+    def run(tri: KMRTriple[list[int]], pol: object = None) -> ContractError:
+        ctri, cpol = checked(tri, pol or ScheduledPolicy((Proposal("v", 1),)))  # type: ignore[arg-type]
+        with pytest.raises(ContractError) as e:
+            budgeted_kmr([10], ctri, cpol, 0, 3)
+        return e.value
+
+    cost = CostMeter[list[int]]("c", lambda m: m[0])
+    e = run(KMRTriple("t", Mutating(), cost))
+    assert str(e) == "[KMR.rule.no-mutation] rule Mutating modified the model it was shown"
+
+    def grow(m: list[int]) -> int:
+        m.append(0)
+        return m[0]
+    e = run(KMRTriple("t", _TwoKnobs(), CostMeter("c", grow)))
+    assert str(e) == "[KMR.meter.deterministic] cost meter 'c' modified the model it was shown"
+
+    def qgrow(m: list[int]) -> float:
+        m.append(0)
+        return 0.0
+    e = run(KMRTriple("t", _TwoKnobs(), cost, QualityMeter("q", qgrow)))
+    assert str(e) == "[KMR.policy.no-mutation] quality meter 'q' modified the model it was shown"
+
+    def pol(st: PolicyState[list[int]]) -> Proposal | Stop:
+        st.model.append(0)
+        return Stop()
+    e = run(KMRTriple("t", _TwoKnobs(), cost), pol)
+    assert str(e) == "[KMR.policy.no-mutation] the policy modified the model it was shown"
+
+    calls = iter(range(10, 100))  # 10 at the start, 11 when Algorithm 1 measures M_out again
+    e = run(KMRTriple("t", _TwoKnobs(), CostMeter("c", lambda m: next(calls))), lambda st: Stop())
+    assert str(e) == "[KMR.meter.deterministic] cost meter 'c' measured the same model as 10, then as 11"
