@@ -76,3 +76,23 @@ def test_audit_files_up_to_date() -> None:
     md, xf = audit()
     assert MD.read_text(encoding="utf-8") == md, "rerun: python -m kmr_ref.conformance.torch_audit"
     assert (ROOT / "kmr_ref" / "conformance" / "torch.xfail").read_text(encoding="utf-8") == xf
+
+
+def test_torch_lowrank_deviations() -> None:
+    """torch.linalg.svd as a user writes the truncation: no sign convention (KMR.lowrank.sign), the
+    split rounded in binary32 (KMR.lowrank.split, seen once the signs are fixed), no applicability
+    test (KMR.lowrank.applicable), no input checks (KMR.lowrank.nonfinite); with the spec's signs its
+    own SVD lands within the tolerance of every lowrank-svd vector."""
+    from kmr_ref.conformance.torch_impl import TorchLowRank
+
+    as_is = _blame("lowrank-factors", TorchLowRank(), VDIR / "lowrank.json")
+    signed = _blame("lowrank-factors", TorchLowRank(spec_signs=True), VDIR / "lowrank.json")
+    assert as_is["lowrank-sign-tie-first-index"] == "KMR.lowrank.sign"
+    assert as_is["lowrank-not-applicable"] == "KMR.lowrank.applicable"
+    assert as_is["lowrank-error-nan-weight"] == "KMR.lowrank.nonfinite"
+    assert as_is["lowrank-refactor-lower"] == "KMR.lowrank.refactor"
+    assert signed["lowrank-rank1-linear"] == "KMR.lowrank.split"
+    assert "lowrank-sign-tie-first-index" not in signed  # torch's argmax takes the first index too
+    own = _blame("lowrank-svd", TorchLowRank(given_factors=False), VDIR / "lowrank_svd.json")
+    assert own and set(own.values()) == {"KMR.lowrank.sign"}
+    assert not _blame("lowrank-svd", TorchLowRank(given_factors=False, spec_signs=True), VDIR / "lowrank_svd.json")

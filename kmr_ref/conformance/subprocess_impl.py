@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from kmr_ref import SPEC_VERSION
 from kmr_ref.conformance.adapters import NotSupported, SkipVector
-from kmr_ref.conformance.vectors import VectorRunner, compare
+from kmr_ref.conformance.vectors import VectorRunner, compare_kind
 
 Json = Any
 PROTOCOL = "kmr-conform/1"
@@ -123,7 +123,7 @@ class SubprocessImpl:
                 outs.append(res["output"])
             diffs = [] if outs[0] == outs[1] else [
                 "KMR.rule.deterministic: a second run on the same input gave a different result"]
-            diffs += compare(vec["expected"], outs[0], vec.get("tolerance"))
+            diffs += compare_kind(kind, vec["expected"], outs[0], vec.get("tolerance"))
             return not diffs, "\n".join(diffs)
 
         return run

@@ -26,6 +26,7 @@ import importlib
 import json
 import math
 import re
+import struct
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -145,6 +146,34 @@ def compare(expected: Json, got: Json, tolerance: Json = None, path: str = "expe
     return [f"{path}: got {got!r}, expected {expected!r}"]
 
 
+_HEX = re.compile(r"^(?:[0-9a-f]{8}|[0-9a-f]{16})$")
+
+
+def decode_floats(x: Json) -> Json:
+    """Every list of binary32 / binary64 bit patterns (8 / 16 hex digits) inside ``x`` as floats,
+    for kinds whose tolerance bounds tensor entries (``lowrank-svd``)."""
+    if isinstance(x, dict):
+        return {k: decode_floats(v) for k, v in x.items()}
+    if isinstance(x, list):
+        if x and all(isinstance(b, str) and _HEX.match(b) for b in x):
+            fmt = {8: ">f", 16: ">d"}
+            return [float(struct.unpack(fmt[len(b)], bytes.fromhex(b))[0]) for b in x]
+        return [decode_floats(v) for v in x]
+    return x
+
+
+# kinds whose float tensors (bit patterns) are compared within the vector's tolerance
+TOLERANT_TENSORS = {"lowrank-svd"}
+
+
+def compare_kind(kind: str, expected: Json, got: Json, tolerance: Json = None) -> list[str]:
+    """:func:`compare`, after :func:`decode_floats` for kinds in ``TOLERANT_TENSORS`` (their
+    tolerance bounds each tensor entry); exact, bit pattern for bit pattern, for every other kind."""
+    if kind in TOLERANT_TENSORS:
+        return compare(decode_floats(expected), decode_floats(got), tolerance)
+    return compare(expected, got, tolerance)
+
+
 # --- runners -------------------------------------------------------------------------------------
 
 def run_alg1_vector(vec: Mapping[str, Json], adapter: Alg1Adapter = reference_alg1) -> tuple[bool, str]:
@@ -175,6 +204,8 @@ RUNNERS: dict[str, VectorRunner] = {
     "prune-magnitude": lazy_runner("kmr_ref.conformance.prune_runner", "reference_runner"),
     "quant-uniform": lazy_runner("kmr_ref.conformance.quant_runner", "reference_runner"),
     "prune-structured": lazy_runner("kmr_ref.conformance.structured_runner", "reference_runner"),
+    "lowrank-factors": lazy_runner("kmr_ref.conformance.lowrank_runner", "factors_runner"),
+    "lowrank-svd": lazy_runner("kmr_ref.conformance.lowrank_runner", "svd_runner"),
 }
 IMPLEMENTATIONS: dict[str, dict[str, VectorRunner]] = {
     "reference": RUNNERS,
@@ -185,6 +216,8 @@ IMPLEMENTATIONS: dict[str, dict[str, VectorRunner]] = {
     "torch": {  # torch's own pruning and quantization, audited (docs/results/torch-audit.md)
         "prune-magnitude": lazy_runner("kmr_ref.conformance.torch_impl", "prune_runner"),
         "quant-uniform": lazy_runner("kmr_ref.conformance.torch_impl", "quant_runner"),
+        "lowrank-factors": lazy_runner("kmr_ref.conformance.torch_impl", "lowrank_factors_runner"),
+        "lowrank-svd": lazy_runner("kmr_ref.conformance.torch_impl", "lowrank_svd_runner"),
     },
 }
 # files of expected failures shipped with a built-in implementation (``--xfail`` adds more)
@@ -198,9 +231,9 @@ def _alg1_adapter_runner(adapter: Any) -> VectorRunner:
     return run
 
 
-def _lazy_factory(module: str) -> Callable[[Any], VectorRunner]:
+def _lazy_factory(module: str, attr: str = "make_runner") -> Callable[[Any], VectorRunner]:
     def factory(adapter: Any) -> VectorRunner:
-        make: Callable[[Any], VectorRunner] = importlib.import_module(module).make_runner
+        make: Callable[[Any], VectorRunner] = getattr(importlib.import_module(module), attr)
         return make(adapter)
 
     return factory
@@ -212,6 +245,8 @@ ADAPTER_RUNNERS: dict[str, Callable[[Any], VectorRunner]] = {
     "prune-magnitude": _lazy_factory("kmr_ref.conformance.prune_runner"),
     "quant-uniform": _lazy_factory("kmr_ref.conformance.quant_runner"),
     "prune-structured": _lazy_factory("kmr_ref.conformance.structured_runner"),
+    "lowrank-factors": _lazy_factory("kmr_ref.conformance.lowrank_runner"),
+    "lowrank-svd": _lazy_factory("kmr_ref.conformance.lowrank_runner", "make_svd_runner"),
 }
 
 
