@@ -30,6 +30,13 @@ from kmr_ref.methods.modules import (
     select_names,
     set_parameter,
 )
+from kmr_ref.methods.structured_graph import (
+    GraphAnalysis,
+    Group,
+    analyse_graph,
+    group_row_scores,
+    remove_groups,
+)
 
 CLAUSE = "KMR.structured"
 Scope = Literal["per-layer", "global"]
@@ -220,6 +227,7 @@ class StructuredPruning:
     layers: tuple[str, ...] = ()
     include: Patterns | None = None  # KMR.select.include on the prunable layers' parameter names
     exclude: Patterns = ()
+    graph: bool = False  # KMR.structured.graph-mode: channel groups of the traced graph
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include", as_patterns(self.include, "include"))
@@ -232,9 +240,15 @@ class StructuredPruning:
 
     @classmethod
     def for_model(cls, model: nn.Module, p: int = 2, scope: Scope = "per-layer", *,
-                  include: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> StructuredPruning:
-        """A rule with a per-layer knob for each prunable layer of ``model`` that the patterns select."""
+                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                  graph: bool = False) -> StructuredPruning:
+        """A rule with a per-layer knob for each prunable layer (with ``graph``: each prunable
+        group, ``KMR.structured.graph-knob``) of ``model`` that the patterns select."""
         inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude") or ()
+        if graph:
+            check_supported(model)  # KMR.rule.unsupported-module
+            names = tuple(g.name for g in _chosen_groups(analyse_graph(model), inc, exc))
+            return cls(p, scope, names, inc, exc, graph=True)
         chosen = _chosen(analyse(model)[:-1], inc, exc)
         return cls(p, scope, tuple(lay.name for lay in chosen), inc, exc)
 
@@ -247,6 +261,8 @@ class StructuredPruning:
         f = find_knob(self.knobs(), knob).check(value)  # KMR.knob.domain / KMR.knob.unknown
         frac = Fraction(to_exact(f, clause="KMR.knob.domain", error=KnobDomainError, what="fraction"))
         check_supported(model)  # KMR.rule.unsupported-module
+        if self.graph:
+            return self._apply_graph(model, knob, frac)
         layers = analyse(model)
         every = layers[:-1]  # KMR.structured.output-layer-kept
         prunable = _chosen(every, self.include, self.exclude)  # KMR.structured.select
@@ -273,6 +289,53 @@ class StructuredPruning:
                        for lay, s in zip(prunable, scores, strict=True)]
         by_name = {lay.name: r for lay, r in zip(prunable, removed, strict=True)}
         return remove_channels(model, layers, [by_name.get(lay.name, []) for lay in every])
+
+
+    def _apply_graph(self, model: nn.Module, knob: str, frac: Fraction) -> nn.Module:
+        """``KMR.structured.graph-mode``: the same counts, order and tie-break over the groups of
+        ``KMR.structured.graph-group`` in place of the layers of a stack."""
+        an = analyse_graph(model)
+        for name, mod in an.modules():
+            for pn, t in mod.named_parameters(recurse=False):
+                # KMR.structured.dtype KMR.structured.empty KMR.structured.nonfinite
+                check_float_finite(f"{name}.{pn}", t, CLAUSE)
+        prunable = _chosen_groups(an, self.include, self.exclude)  # KMR.structured.graph-select
+        scored = [group_row_scores(g, self.p) for g in prunable]  # KMR.structured.graph-score
+        scores = [s for s, _ in scored]
+        if knob == "fraction" and self.scope == "global":  # KMR.structured.scope
+            removed = removed_global(scores, [f for _, f in scored], frac)
+        elif knob == "fraction":
+            removed = [removed_per_layer(s, frac) for s in scores]
+        else:
+            target = knob.split("@", 1)[1]  # KMR.structured.graph-knob
+            names = [g.name for g in prunable]
+            if target not in names:
+                raise RuleInputError(f"{CLAUSE}.per-layer-knob",
+                                     f"{target!r} is not a prunable group of this model; prunable: {names}")
+            removed = [removed_per_layer(s, frac) if g.name == target else []
+                       for g, s in zip(prunable, scores, strict=True)]
+        out = remove_groups(model, an, {g.index: r for g, r in zip(prunable, removed, strict=True)})
+        if any(removed):
+            try:  # KMR.structured.graph-recheck: the pruned graph passes the same rules
+                analyse_graph(out)
+            except RuleInputError as e:
+                raise RuleInputError(f"{CLAUSE}.graph-recheck", f"the pruned model no longer passes the "
+                                                                f"grouping rules: {e.message}") from None
+        return out
+
+
+def _chosen_groups(an: GraphAnalysis, include: Patterns | None, exclude: Patterns) -> list[Group]:
+    """``KMR.structured.graph-select``: the groups that are not pinned and whose scored members
+    (the Conv/Linear layers holding their rows) are all chosen by ``include`` / ``exclude``."""
+    free = [g for g in an.groups if not g.pinned]  # KMR.structured.graph-output
+    if include is None and not exclude:
+        return free
+    seen: dict[str, Layer] = {}
+    for g in an.groups:
+        for name, m, _ in g.rows:
+            seen.setdefault(name, Layer(name, m))
+    ok = {lay.name for lay in _chosen(list(seen.values()), include, exclude)}
+    return [g for g in free if all(name in ok for name, _, _ in g.rows)]
 
 
 def _chosen(prunable: list[Layer], include: Patterns | None, exclude: Patterns) -> list[Layer]:
