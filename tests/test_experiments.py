@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 
 
-@pytest.mark.parametrize("name", ["e1", "e3", "e2"])
+@pytest.mark.parametrize("name", ["e1", "e3", "e2", "e4"])
 def test_committed_table_regenerates_byte_identical(name: str, tmp_path: Path) -> None:
     """The markdown tables hold no timings: a fresh process on this commit writes the same bytes."""
     r = subprocess.run([sys.executable, "-m", "kmr_ref", "experiment", name, "--out", str(tmp_path)],
@@ -37,3 +37,14 @@ def test_e1_cost_is_monotone_and_e2_has_every_policy() -> None:
         assert set(r["final"]) >= {"cost", "quality"}
         if r["status"] == "feasible":
             assert int(r["final"]["cost"]) <= int(r["budget"])
+
+
+def test_e4_select_equals_separate_runs() -> None:
+    """KMR.trace.select on the committed E4: at every budget the selected model equals the separate
+    run's (byte-identical weights, equal cost and quality) and replays fewer rule applications."""
+    e4 = json.loads((RESULTS / "e4.json").read_text())
+    assert len(e4["rows"]) >= 3
+    for r in e4["rows"]:
+        assert r["byte_identical"] and r["equal"] and r["separate"]["status"] == "feasible"
+        assert r["select"]["cost"] == r["separate"]["cost"] and r["select"]["quality"] == r["separate"]["quality"]
+        assert r["select"]["rule_applications"] == r["step"] < r["separate"]["rule_applications"]

@@ -1,4 +1,4 @@
-"""``kmr experiment e1|e2|e3``: the paper's experiments as tables, plots and JSON
+"""``kmr experiment e1|e2|e3|e4``: the paper's experiments as tables, plots and JSON
 (``kmr_ref.experiments``; imported on use)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-EXPERIMENTS = ("e1", "e2", "e3")  # "all"; real-models (minutes, loads MiniLM and EfficientNet) runs alone
+EXPERIMENTS = ("e1", "e2", "e3", "e4")  # "all"; real-models (minutes, loads MiniLM and EfficientNet) runs alone
 
 
 def register(sub: Any) -> None:
