@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,60 @@ def test_e4_select_equals_separate_runs() -> None:
         assert r["byte_identical"] and r["equal"] and r["separate"]["status"] == "feasible"
         assert r["select"]["cost"] == r["separate"]["cost"] and r["select"]["quality"] == r["separate"]["quality"]
         assert r["select"]["rule_applications"] == r["step"] < r["separate"]["rule_applications"]
+
+
+# ---------------------------------------------------------------- MiniLM (opt-in: minutes of CPU)
+
+MINILM = os.environ.get("KMR_MINILM_EXPERIMENTS") == "1"
+
+
+@pytest.mark.skipif(not MINILM, reason="MiniLM experiments take minutes: set KMR_MINILM_EXPERIMENTS=1")
+@pytest.mark.parametrize("name", ["e1", "e2"])
+def test_minilm_table_regenerates_byte_identical(name: str, tmp_path: Path) -> None:
+    """KMR.models.minilm-quality: ``kmr experiment e1|e2 --model minilm`` writes the committed table."""
+    r = subprocess.run([sys.executable, "-m", "kmr_ref", "experiment", name, "--model", "minilm", "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / f"{name}-minilm.md").read_bytes() == (RESULTS / f"{name}-minilm.md").read_bytes()
+
+
+def test_committed_minilm_results_shape() -> None:
+    """The committed MiniLM E1 is monotone (KMR.prune.monotone) and E2 names the five policies."""
+    e1, e2 = RESULTS / "e1-minilm.json", RESULTS / "e2-minilm.json"
+    if not e1.exists() or not e2.exists():
+        pytest.skip("MiniLM results not committed")
+    rows = json.loads(e1.read_text())["rows"]
+    costs = [row["cost"] for row in rows]
+    assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
+    d = json.loads(e2.read_text())
+    assert d["model"] == "minilm"
+    assert [r["policy"] for r in d["runs"]] == ["scheduled", "greedy", "random", "allocation", "tpe"]
+    for r in d["runs"]:
+        if r["status"] == "feasible":
+            assert int(r["final"]["cost"]) <= Fraction(r["budget"])
+
+
+def test_minilm_only_for_e1_e2(tmp_path: Path) -> None:
+    """``--model minilm`` exists for e1 and e2 only; e3 and e4 refuse it (exit 2) and write nothing."""
+    from kmr_ref.cli import main
+
+    assert main(["experiment", "e4", "--model", "minilm", "--out", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_coarse_grid_is_the_same_rule() -> None:
+    """KMR.knob.domain-real: the coarse policy grid changes the grid only; outputs equal the rule's."""
+    import torch
+
+    from kmr_ref.experiments.common import CoarseGrid
+    from kmr_ref.methods.pruning import MagnitudePruning
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    inner = MagnitudePruning.for_model(m)
+    coarse = CoarseGrid(inner, Fraction(1, 4))
+    k = next(k for k in coarse.knobs() if k.name == "sparsity")
+    assert k.grid() == [0, Fraction(1, 4), Fraction(1, 2), Fraction(3, 4), 1]
+    assert [kk.name for kk in coarse.knobs()] == [kk.name for kk in inner.knobs()]
+    a, b = coarse.apply(m, "sparsity", Fraction(1, 2)), inner.apply(m, "sparsity", Fraction(1, 2))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

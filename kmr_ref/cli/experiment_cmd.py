@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ def register(sub: Any) -> None:
         "experiment", help="regenerate an experiment's table, plot and JSON (docs/results/ by default)")
     p.add_argument("name", choices=[*EXPERIMENTS, "all", "real-models"])
     p.add_argument("--out", type=Path, default=None, help="output folder (default: docs/results/ of the checkout)")
+    p.add_argument("--model", choices=["digits", "minilm"], default="digits",
+                   help="test bed: the digits CNN (default) or MiniLM-L6 (e1, e2; minutes; outside the default tests)")
     p.add_argument("--storage", default=None,
                    help="e2: Optuna storage URL for the TPE study (default: a fresh SQLite file next to the outputs)")
     p.set_defaults(func=run)
@@ -25,9 +28,16 @@ def run(args: argparse.Namespace) -> int:
     from kmr_ref.experiments.common import RESULTS
 
     out = args.out if args.out is not None else RESULTS
-    for name in EXPERIMENTS if args.name == "all" else (args.name,):
+    todo = EXPERIMENTS if args.name == "all" else (args.name,)
+    if args.name == "all" and args.model != "digits":
+        todo = ("e1", "e2")  # the experiments with a MiniLM variant
+    for name in todo:
         mod = importlib.import_module(f"kmr_ref.experiments.{name.replace('-', '_')}")
-        paths = mod.run(out, storage=args.storage) if name == "e2" else mod.run(out)
+        if args.model != "digits" and name not in ("e1", "e2"):
+            print(f"kmr experiment: {name} runs on the digits CNN only", file=sys.stderr)
+            return 2
+        kw = {"model": args.model} if args.model != "digits" else {}
+        paths = mod.run(out, storage=args.storage, **kw) if name == "e2" else mod.run(out, **kw)
         for p in paths:
             print(p)
     return 0

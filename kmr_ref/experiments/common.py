@@ -135,3 +135,39 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequen
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# MiniLM (``--model minilm``): the second test bed, outside the default test run
+
+
+MODELS = ("digits", "minilm")
+# the FFN matrices of the six encoder layers (2/3 of the encoder's weights): per-layer policies see
+# 12 knobs, not 36, so that a greedy step costs 12 quality evaluations (~1.5 s each, quiet CPU)
+MINILM_FFN = tuple(f"bert.encoder.layer.{i}.{part}.dense.weight" for i in range(6)
+                   for part in ("intermediate", "output"))
+
+
+def check_model(model: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"unknown test bed {model!r}; one of {', '.join(MODELS)}")
+
+
+@dataclass(frozen=True)
+class CoarseGrid:
+    """The same rule with a coarser policy grid on its real knobs (``KMR.knob.domain-real``:
+    the grid is what policies enumerate; the domain and the rule's outputs are unchanged)."""
+
+    inner: Rule[nn.Module]
+    step: Fraction
+
+    def knobs(self) -> Sequence[Knob]:
+        from dataclasses import replace
+
+        from kmr_ref.core.knobs import RealInterval
+
+        return [replace(k, domain=replace(k.domain, step=self.step)) if isinstance(k.domain, RealInterval) else k
+                for k in self.inner.knobs()]
+
+    def apply(self, model: nn.Module, knob: str, value: KnobValue) -> nn.Module:
+        return self.inner.apply(model, knob, value)

@@ -16,9 +16,18 @@ import matplotlib.pyplot as plt
 from torch import nn
 
 from kmr_ref.core import budgeted_kmr
-from kmr_ref.core.meters import CostMeter
+from kmr_ref.core.meters import CostMeter, QualityMeter
 from kmr_ref.core.policy import GreedyPolicy, Policy, Proposal, ScheduledPolicy, ladder_candidates
-from kmr_ref.experiments.common import counted_triple, digits_bed, machine, md_table, write_outputs
+from kmr_ref.experiments.common import (
+    MINILM_FFN,
+    CoarseGrid,
+    check_model,
+    counted_triple,
+    digits_bed,
+    machine,
+    md_table,
+    write_outputs,
+)
 from kmr_ref.methods.pruning import MagnitudePruning, nonzero_prunable
 from kmr_ref.policies import AllocationPolicy, RandomPolicy, TPEPolicy
 
@@ -40,9 +49,12 @@ def policies(names: list[str], storage: str | None) -> dict[str, Callable[[], Po
     }
 
 
-def run(out: Path, storage: str | None = None) -> list[Path]:
+def run(out: Path, storage: str | None = None, model: str = "digits") -> list[Path]:
     """``storage``: an Optuna RDB URL for the TPE study; default a fresh SQLite file next to the
     outputs (``e2-tpe.db``, replaced on every run so the study starts empty)."""
+    check_model(model)
+    if model == "minilm":
+        return run_minilm(out, storage)
     bed = digits_bed()
     rule = MagnitudePruning.for_model(bed.model)
     names = [f"sparsity@{n}" for n in rule.tensor_names]
@@ -85,5 +97,79 @@ def run(out: Path, storage: str | None = None) -> list[Path]:
     fig.tight_layout()
     payload = {"experiment": "e2", "model": "digits", "runs": runs, "machine": machine()}
     paths = write_outputs(out, "e2", md, payload, fig)
+    plt.close(fig)
+    return paths
+
+
+MINILM_BUDGET = Fraction(7, 8)  # of the 12 FFN matrices' nonzeros
+MINILM_GRID = Fraction(1, 4)  # per-layer policy grid (the rule's own grid is 1/20)
+MINILM_TPE_TRIALS = 20
+
+
+def run_minilm(out: Path, storage: str | None = None) -> list[Path]:
+    """E2 on MiniLM-L6 (``kmr experiment e2 --model minilm``): the five policies at one budget on
+    the FFN matrices, per-layer knobs on a 1/4 grid (``CoarseGrid``), quality =
+    ``KMR.models.minilm-quality``."""
+    import torch
+
+    from kmr_ref.models import minilm
+
+    torch.use_deterministic_algorithms(True)
+    m0 = minilm.load()
+    inner = MagnitudePruning.for_model(m0, include=list(MINILM_FFN))
+    rule = CoarseGrid(inner, MINILM_GRID)
+    names = [f"sparsity@{n}" for n in inner.tensor_names]
+
+    def ffn_nonzeros(m: nn.Module) -> int:
+        return sum(int(torch.count_nonzero(t)) for _, t in inner.targets(m))
+
+    cost = CostMeter("ffn_nonzeros", ffn_nonzeros, unit="entries")
+    budget = MINILM_BUDGET * cost(m0)
+    if storage is None:
+        out.mkdir(parents=True, exist_ok=True)
+        db = out / "e2-minilm-tpe.db"
+        db.unlink(missing_ok=True)
+        storage = f"sqlite:///{db}"
+    quality = QualityMeter("minilm_cosine", minilm.quality)
+    makers: dict[str, Callable[[], Policy[nn.Module]]] = {
+        "scheduled": lambda: ScheduledPolicy(tuple(Proposal("sparsity", Fraction(1, d)) for d in (16, 8))),
+        "greedy": lambda: GreedyPolicy(ladder_candidates(names)),
+        "random": lambda: RandomPolicy(ladder_candidates(names), SEED),
+        "allocation": lambda: AllocationPolicy(names),
+        "tpe": lambda: TPEPolicy(names, trials=MINILM_TPE_TRIALS, seed=SEED, storage=storage, study_name="e2-minilm"),
+    }
+    runs: list[dict[str, Any]] = []
+    for name, make in makers.items():
+        tri, counts = counted_triple("magnitude-pruning", rule, cost, quality)
+        t0 = time.perf_counter()
+        res = budgeted_kmr(m0, tri, make(), budget, MAX_STEPS)
+        seconds = time.perf_counter() - t0
+        runs.append({"policy": name, "status": res.status.value, "budget": budget,
+                     "initial": {"cost": res.cost_initial, "quality": res.quality_initial},
+                     "final": {"cost": res.cost_final, "quality": res.quality_final},
+                     "accepted_steps": res.accepted_steps, **counts.to_json(), "seconds": round(seconds, 3)})
+    rows = [[r["policy"], r["status"], str(r["final"]["cost"]), f"{r['final']['quality']:.5f}",
+             str(r["accepted_steps"]), str(r["rule_applications"]), str(r["cost_evaluations"]),
+             str(r["quality_evaluations"])] for r in runs]
+    md = ("# E2 — policy ablation at one budget (MiniLM-L6)\n\n"
+          f"Regenerate: `{COMMAND} --model minilm`. Magnitude pruning of the 12 FFN matrices "
+          "(`intermediate.dense` and `output.dense` of the six encoder layers), cost = their nonzero weights, "
+          f"budget B = {budget} ({MINILM_BUDGET} of {runs[0]['initial']['cost']}), N = {MAX_STEPS}; quality = "
+          "mean cosine similarity to the uncompressed embeddings (`KMR.models.minilm-quality`). Per-layer "
+          f"knobs `sparsity@<matrix>` on a {MINILM_GRID} grid for greedy, random (seed 0), allocation and TPE "
+          f"({MINILM_TPE_TRIALS} trials, seed 0); scheduled = global 1/16, 1/8. Wall times are in "
+          "`e2-minilm.json` only.\n\n"
+          + md_table(["policy", "status", "cost", "quality", "accepted steps", "rule applications",
+                      "cost evaluations", "quality evaluations"], rows,
+                     [False, False, True, True, True, True, True, True]))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([r["policy"] for r in runs], [r["final"]["quality"] for r in runs], color="tab:blue")
+    lo = min(r["final"]["quality"] for r in runs)
+    ax.set_ylim(max(0.0, lo - 0.01), 1.0)
+    ax.set_ylabel("quality at the budget (mean cosine)")
+    ax.set_title(f"E2: MiniLM-L6 policies at B = {budget} FFN nonzeros")
+    fig.tight_layout()
+    payload = {"experiment": "e2", "model": "minilm", "runs": runs, "machine": machine()}
+    paths = write_outputs(out, "e2-minilm", md, payload, fig)
     plt.close(fig)
     return paths
