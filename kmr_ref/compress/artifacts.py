@@ -38,7 +38,7 @@ LOAD = "KMR.compress.load"
 MANIFEST_FILE, MODEL_FILE, DENSE_FILE = "manifest.json", "model.safetensors", "model.dense.safetensors"
 FORMAT = "kmr-run/1"
 CHUNK = 1 << 20  # values packed per call: a multiple of 8, so chunks meet at byte boundaries
-_SIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "num_features")
+_SIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "num_features", "groups")
 
 
 class LoadError(KMRError, ValueError):

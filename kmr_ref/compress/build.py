@@ -137,7 +137,8 @@ def build_rule(pc: PhaseConfig | MethodConfig, model: nn.Module, where: str = "p
                                              bits=method.bits, group_size=method.group_size, include=inc,
                                              exclude=exc)
     if isinstance(method, StructuredMethod):
-        return StructuredPruning.for_model(model, p=method.p, scope=method.scope, include=inc, exclude=exc)
+        return StructuredPruning.for_model(model, p=method.p, scope=method.scope, include=inc, exclude=exc,
+                                           graph=method.graph)
     if isinstance(method, DistillMethod):
         return build_distillation(method)
     assert isinstance(method, LowRankMethod)

@@ -104,11 +104,13 @@ class StructuredMethod:
 
     p: int = 2
     scope: Literal["per-layer", "global"] = "per-layer"
+    graph: bool = False  # KMR.structured.graph-mode
     method: Literal["structured"] = field(default="structured", init=False)
 
     def __post_init__(self) -> None:
         one_of("p", self.p, (1, 2), "structured")
         one_of("scope", self.scope, ("per-layer", "global"), "structured")
+        is_bool("graph", self.graph, "structured")
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ METHOD_TYPES: dict[str, type[MethodConfig]] = {
     "distillation": DistillMethod,
 }
 METHOD_KEYS = {"prune": ("scope", "kernel"), "quantize": ("scheme", "granularity", "group_size", "bits"),
-               "structured": ("p", "scope"), "lowrank": (),
+               "structured": ("p", "scope", "graph"), "lowrank": (),
                "distillation": ("temperature", "alpha", "steps", "seed", "data", "student")}
 # KMR.compress.policies: the knob a scheduled policy drives when it names none
 DEFAULT_KNOB = {"prune": "sparsity", "quantize": "bits", "structured": "fraction", "lowrank": "energy",
