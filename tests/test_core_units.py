@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from kmr_ref.core import (
@@ -34,6 +35,7 @@ from kmr_ref.core import (
     budgeted_kmr,
     composed_kmr,
     real_knob,
+    to_exact,
 )
 from kmr_ref.core.checked import checked
 from kmr_ref.core.errors import ContractError
@@ -359,3 +361,15 @@ def test_checked_errors_exact() -> None:
     calls = iter(range(10, 100))  # 10 at the start, 11 when Algorithm 1 measures M_out again
     e = run(KMRTriple("t", _TwoKnobs(), CostMeter("c", lambda m: next(calls))), lambda st: Stop())
     assert str(e) == "[KMR.meter.deterministic] cost meter 'c' measured the same model as 10, then as 11"
+
+
+def test_to_exact_messages_and_numpy_integers() -> None:
+    """KMR.exact.binary64 KMR.exact.plain: a bool and an int subclass are refused with messages
+    naming what was passed; a numpy integer (a numbers.Rational, not an int) becomes a plain int."""
+    assert str(_err(to_exact, True, clause="KMR.x.y", error=BudgetError, what="budget B")) == \
+        "[KMR.x.y] budget B must be a number, got bool True"
+    assert str(_err(to_exact, _Sub(2), clause="KMR.x.y", error=BudgetError, what="budget B")) == \
+        "[KMR.exact.plain] budget B must be a plain int or Fraction, got the subclass _Sub (it may redefine comparison)"
+    for x in (np.int64(7), np.uint8(7), np.int32(-7)):
+        q = to_exact(x, clause="KMR.x.y", error=BudgetError, what="v")
+        assert q == int(x) and type(q) is int

@@ -10,10 +10,11 @@ older than the code is visible: ``stale``), the survivors, and which survivors
 ``proofs/equivalent_mutants.json`` lists as equivalent (with the reason). The working tree is
 never mutated.
 
-``recheck --dest D`` copies the current test files into the scratch folder ``D`` of an earlier
-run and reruns that report's survivors there (``mutmut run NAME...``: mutmut collects the new
-tests' coverage and runs only the tests that reach each mutant, in a forked worker: no torch
-import per mutant). ``merge A B ... --out R`` combines reports of runs over different files.
+``recheck --dest D`` copies the current test files (``KMR_MUTATION_OVERLAY``, default: the core
+unit tests) into the scratch folder ``D`` of an earlier run and reruns that report's survivors
+and unchecked mutants there (``mutmut run NAME...``: mutmut collects the new tests' coverage and
+runs only the tests that reach each mutant, in a forked worker: no torch import per mutant).
+``merge A B ... --out R`` combines reports of runs over different files.
 
 ``python -m kmr_proofs.mutation report`` (and ``kmr prove --mutation``) prints the committed
 report; exit status 1 unless it covers every file of ``kmr_ref/core`` with mutants, matches the
@@ -57,6 +58,7 @@ also_copy = ["proofs", "spec"]
 pytest_add_cli_args_test_selection = {tests}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 """
+RECHECK = ["tests/test_core_units.py", "tests/test_core_edges.py"]  # files whose new tests kill survivors
 KILLED = ("killed", "timeout", "segfault")
 SURVIVED = ("survived", "no tests", "suspicious")
 # "check was interrupted by user": the mutant let a KeyboardInterrupt escape Algorithm 1 into
@@ -180,7 +182,8 @@ def recheck(dest: Path, report_path: Path, tests: list[str]) -> dict[str, Any]:
     for t in tests:
         if (ROOT / t).is_file():
             shutil.copy2(ROOT / t, dest / t)
-    names = list(rep["survivors"]) + list(rep.get("not_rerun", []))
+    names = sorted({*rep["survivors"], *rep.get("not_rerun", []),
+                    *(n for n, st in rep["statuses"].items() if st == "not checked")})
     statuses: dict[str, str] = rep["statuses"]
     if names:
         cmd = ["nice", "-n", "10", *_mutmut(), "run", "--max-children", "1", *names]
@@ -324,8 +327,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default=str(REPORT), help="where the JSON report goes")
     ap.add_argument("--base", default=None, help="an earlier report: rerun only its survivors")
     a = ap.parse_args(argv)
-    if a.cmd == "recheck":
-        recheck(Path(a.dest), Path(a.out), [t for t in TESTS if (ROOT / t).exists()])
+    if a.cmd == "recheck":  # the test files given by KMR_MUTATION_OVERLAY (default: the core unit tests)
+        recheck(Path(a.dest), Path(a.out), (os.environ.get("KMR_MUTATION_OVERLAY") or " ".join(RECHECK)).split())
     if a.cmd == "merge":
         merge([Path(x) for x in a.inputs], Path(a.out))
     if a.cmd == "run":
