@@ -17,6 +17,7 @@ from kmr_ref.compress.config import (
     CompressConfig,
     ConfigError,
     GreedyConfig,
+    HeadsMethod,
     LowRankMethod,
     PhaseConfig,
     PruneMethod,
@@ -35,3 +36,4 @@ __all__ = [
     "build_meter", "build_policy", "build_rule", "compress", "import_object", "load", "load_config", "load_model",
     "packed_model", "parse_budget", "read_trace", "save_model", "save_run", "schema",
 ]
+__all__ += ["HeadsMethod"]

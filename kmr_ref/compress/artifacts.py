@@ -31,6 +31,7 @@ from kmr_ref.methods.quantization import (
     kept_codes,
 )
 from kmr_ref.methods.storage import dtype_bits, pack_bits, state_tensors, unpack_bits
+from kmr_ref.methods.structured_heads import HeadPrunedAttention
 
 ARTIFACTS = "KMR.compress.artifacts"
 PACKED = "KMR.compress.packed"
@@ -38,7 +39,8 @@ LOAD = "KMR.compress.load"
 MANIFEST_FILE, MODEL_FILE, DENSE_FILE = "manifest.json", "model.safetensors", "model.dense.safetensors"
 FORMAT = "kmr-run/1"
 CHUNK = 1 << 20  # values packed per call: a multiple of 8, so chunks meet at byte boundaries
-_SIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "num_features", "groups")
+_SIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "num_features", "groups",
+               "num_attention_heads", "all_head_size", "use_nested_tensor")  # the last three: KMR.heads.*
 
 
 class LoadError(KMRError, ValueError):
@@ -140,6 +142,10 @@ def module_changes(new: nn.Module, base: nn.Module) -> tuple[list[dict[str, Any]
             out.append({"path": path, "kind": "lowrank", "layers": [_layer_spec(m[0]), _layer_spec(m[1])]})
             replaced.append(path)
             continue
+        if type(m) is HeadPrunedAttention and type(b) is not HeadPrunedAttention and path:  # KMR.heads.mha-module
+            out.append({"path": path, "kind": "heads", "spec": m.spec()})
+            replaced.append(path)
+            continue
         if b is None or type(b) is not type(m):
             return [], f"module {path!r} is a {type(m).__name__}, M_0 has {type(b).__name__}"
         attrs = {a: getattr(m, a) for a in _SIZE_ATTRS if hasattr(m, a) and getattr(m, a) != getattr(b, a)}
@@ -166,6 +172,13 @@ def _apply_changes(model: nn.Module, changes: Sequence[dict[str, Any]]) -> None:
             new = LowRankFactors(*(_build_layer(s, req) for s in ch["layers"]))
             *parent, leaf = path.split(".")
             (model.get_submodule(".".join(parent)) if parent else model)._modules[leaf] = new
+        elif ch["kind"] == "heads":
+            w = getattr(mod, "in_proj_weight", None)
+            req = bool(w.requires_grad) if isinstance(w, torch.Tensor) else True
+            hp = HeadPrunedAttention.from_spec(ch["spec"], req)
+            hp.train(mod.training)
+            *parent, leaf = path.split(".")
+            (model.get_submodule(".".join(parent)) if parent else model)._modules[leaf] = hp
         elif ch["kind"] == "resize":
             for a, v in ch["attrs"].items():
                 setattr(mod, a, v)

@@ -25,6 +25,7 @@ from kmr_ref.compress.config import (
     CompressConfig,
     ConfigError,
     DistillMethod,
+    HeadsMethod,
     LowRankMethod,
     MethodConfig,
     PhaseConfig,
@@ -46,6 +47,7 @@ from kmr_ref.methods.pruning import MagnitudePruning
 from kmr_ref.methods.quantization import UniformQuantization
 from kmr_ref.methods.storage import composed_storage_meter, storage_meter
 from kmr_ref.methods.structured import StructuredPruning
+from kmr_ref.methods.structured_heads import HeadPruning
 
 MAX_LADDER = 4096  # KMR.compress.policies: a greedy knob's grid must not be longer than this
 
@@ -139,6 +141,9 @@ def build_rule(pc: PhaseConfig | MethodConfig, model: nn.Module, where: str = "p
     if isinstance(method, StructuredMethod):
         return StructuredPruning.for_model(model, p=method.p, scope=method.scope, include=inc, exclude=exc,
                                            graph=method.graph)
+    if isinstance(method, HeadsMethod):  # spec/methods/heads.md
+        return HeadPruning.for_model(model, unit=method.unit, p=method.p, scope=method.scope, include=inc,
+                                     exclude=exc)
     if isinstance(method, DistillMethod):
         return build_distillation(method)
     assert isinstance(method, LowRankMethod)

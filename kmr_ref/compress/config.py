@@ -114,6 +114,22 @@ class StructuredMethod:
 
 
 @dataclass(frozen=True)
+class HeadsMethod:
+    """``heads``: :class:`~kmr_ref.methods.structured_heads.HeadPruning` (knobs ``fraction``,
+    ``fraction@<site>``; ``unit`` = heads | neurons; spec/methods/heads.md)."""
+
+    unit: Literal["heads", "neurons"] = "heads"
+    p: int = 2
+    scope: Literal["per-layer", "global"] = "per-layer"
+    method: Literal["heads"] = field(default="heads", init=False)
+
+    def __post_init__(self) -> None:
+        one_of("unit", self.unit, ("heads", "neurons"), "heads")
+        one_of("p", self.p, (1, 2), "heads")
+        one_of("scope", self.scope, ("per-layer", "global"), "heads")
+
+
+@dataclass(frozen=True)
 class LowRankMethod:
     """``lowrank``: :class:`~kmr_ref.methods.lowrank.LowRank` (knobs ``rank``, ``energy``,
     ``rank@<layer>``, ``energy@<layer>``)."""
@@ -152,19 +168,23 @@ class DistillMethod:
         check_import_path("student", self.student)
 
 
-MethodConfig = PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod | DistillMethod
+MethodConfig = PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod | DistillMethod | HeadsMethod
 METHOD_TYPES: dict[str, type[MethodConfig]] = {
     "prune": PruneMethod, "quantize": QuantizeMethod, "structured": StructuredMethod, "lowrank": LowRankMethod,
     "distillation": DistillMethod,
 }
+METHOD_TYPES["heads"] = HeadsMethod
 METHOD_KEYS = {"prune": ("scope", "kernel"), "quantize": ("scheme", "granularity", "group_size", "bits"),
                "structured": ("p", "scope", "graph"), "lowrank": (),
                "distillation": ("temperature", "alpha", "steps", "seed", "data", "student")}
+METHOD_KEYS["heads"] = ("unit", "p", "scope")
 # KMR.compress.policies: the knob a scheduled policy drives when it names none
 DEFAULT_KNOB = {"prune": "sparsity", "quantize": "bits", "structured": "fraction", "lowrank": "energy",
                 "distillation": "width"}
+DEFAULT_KNOB["heads"] = "fraction"
 # KMR.compress.policies: greedy "per-layer" = these knobs, one per layer or tensor
 PER_LAYER_PREFIX = {"prune": "sparsity@", "quantize": "bits@", "structured": "fraction@", "lowrank": "energy@"}
+PER_LAYER_PREFIX["heads"] = "fraction@"
 
 
 @dataclass(frozen=True)
@@ -219,7 +239,7 @@ class PhaseConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod
-                          | DistillMethod):
+                          | DistillMethod | HeadsMethod):
             raise ConfigError(CONFIG, f"phase method must be one of {sorted(METHOD_TYPES)}, got {self.method!r}")
         if not isinstance(self.policy, ScheduledConfig | GreedyConfig):
             raise ConfigError(CONFIG, f"phase policy must be scheduled or greedy, got {self.policy!r}")
