@@ -39,7 +39,7 @@ from kmr_ref.conformance.adapters import (
 from kmr_ref.conformance.prune_runner import ReferencePrune, run_prune_vector
 from kmr_ref.conformance.quant_runner import ReferenceQuant, run_quant_vector
 from kmr_ref.conformance.report import build_report, run_all
-from kmr_ref.conformance.vectors import IMPLEMENTATIONS, load_vectors, run_vector
+from kmr_ref.conformance.vectors import IMPLEMENTATIONS, XFail, load_vectors, run_vector
 
 ROOT = Path(__file__).resolve().parent.parent
 VDIR = ROOT / "spec" / "vectors" / SPEC_VERSION
@@ -448,16 +448,25 @@ def test_report_json_reference() -> None:
     rep = full["summary"]
     assert full["impl"] == "reference" and rep["ok"] and not full["failures"]
     names = {Path(f["path"]).name for f in rep["files"]}
-    assert {"alg1.json", "alg10.json", "pruning.json", "quantization.json"} <= names
-    assert all(r["outcome"] == "pass" for r in full["results"]) and len(full["results"]) == sum(
-        f["vectors"] for f in rep["files"])
+    assert {"alg1.json", "alg10.json", "pruning.json", "quantization.json", "lowrank.json", "lowrank_svd.json",
+            "compress_config.json"} <= names
+    # every vector passes but the reference's own expected failures (kmr_ref/conformance/reference.xfail:
+    # bugs a vector found, reported; strict, so a fix shows as an XPASS)
+    listed = XFail.load(ROOT / "kmr_ref" / "conformance" / "reference.xfail")
+    xfailed = {r["vector"] for r in full["results"] if r["outcome"] == "xfail"}
+    assert all(listed.reason(v) for v in xfailed)
+    assert all(r["outcome"] == "pass" for r in full["results"] if r["vector"] not in xfailed)
+    assert len(full["results"]) == sum(f["vectors"] for f in rep["files"])
     cites: dict[str, int] = {}
     for f in rep["files"]:
         for v in load_vectors(ROOT / f["path"]):
+            if v["id"] in xfailed:
+                continue
             for c in v["clauses"]:
                 cites[c] = cites.get(c, 0) + 1
-    assert set(rep["clauses"]) == set(cites)
-    for c, d in rep["clauses"].items():
+    assert set(cites) <= set(rep["clauses"])
+    for c in cites:
+        d = rep["clauses"][c]
         assert d["status"] == "pass" and d["pass"] == cites[c] and d["fail"] == 0, c
 
 
