@@ -190,7 +190,8 @@ def _apply(inp: Mapping[str, Json]) -> dict[str, Json]:
     model = build_model(inp["layers"])
     try:
         rl = inp.get("rule_layers")
-        rule = LowRank(tuple(rl)) if rl is not None else LowRank.for_model(model)
+        inc, exc = inp.get("include"), inp.get("exclude", ())
+        rule = LowRank(tuple(rl), inc, exc) if rl is not None else LowRank.for_model(model, include=inc, exclude=exc)
         value = decode_spelling(inp["value"])
         out = rule.apply(model, inp["knob"], value)
     except KMRError as e:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from kmr_ref.conformance.adapters import F32Array, PruneOutput, QuantOutput, RuleError, Scheme, Scope, tree_order
+from kmr_ref.conformance.adapters import F32Array, NotSupported, PruneOutput, QuantOutput, RuleError, Scheme, Scope, tree_order
 from kmr_ref.conformance.prune_runner import build_model
 from kmr_ref.conformance.prune_runner import make_runner as make_prune_runner
 from kmr_ref.conformance.quant_runner import make_runner as make_quant_runner
@@ -151,6 +151,8 @@ class TorchLowRank:
     def _run(self, inp: Mapping[str, Any]) -> dict[str, Any]:
         from kmr_ref.conformance.lowrank_runner import build_model, encode_model, tensor_of
 
+        if "include" in inp or "exclude" in inp:
+            raise NotSupported("selection by parameter-name patterns: a torch user picks the modules")
         model = build_model(inp["layers"])
         kind, _, target = str(inp["knob"]).partition("@")
         names = [str(x["name"]) for x in inp["layers"]]

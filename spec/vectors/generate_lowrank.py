@@ -29,6 +29,7 @@ Usage: ``python spec/vectors/generate_lowrank.py [OUT_DIR]`` (default: ``spec/ve
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import math
 import re
@@ -106,6 +107,13 @@ def params_of(layer: Json) -> list[Json]:
     if layer["bias"] is not None:
         out.append({"dtype": layer["weight"]["dtype"], "values": layer["bias"], "shape": [len(layer["bias"])]})
     return out
+
+
+def param_names(layer: Json) -> list[str]:
+    """The layer's parameter names as named_parameters() spells them under the layer."""
+    if layer["type"] == "LowRankFactors":
+        return [f"0.{q}" for q in param_names(layer["first"])] + [f"1.{q}" for q in param_names(layer["second"])]
+    return ["weight"] + (["bias"] if layer["bias"] is not None else [])
 
 
 def numel(layer: Json) -> int:
@@ -210,6 +218,18 @@ def oracle(inp: Json) -> Json:
         return all(math.prod(p["shape"]) > 0 for p in params_of(x))
 
     rule_names = configured if configured is not None else [x["name"] for x in layers if in_scope(x)]
+    inc, exc = inp.get("include"), inp.get("exclude", [])
+    if inc is not None or exc:  # KMR.select.include / exclude / no-match, on the layers' parameter names
+        if isinstance(inc, str) or isinstance(exc, str):
+            raise VectorError("KMR.select.include")  # a bare string is not a list of patterns
+        pnames = {nm: [f"{nm}.{q}" for q in param_names(by_name[nm])] for nm in rule_names}
+        every = [q for nm in rule_names for q in pnames[nm]]
+        for pat in [*(inc or []), *exc]:
+            if not any(fnmatch.fnmatchcase(q, pat) for q in every):
+                raise VectorError("KMR.select.no-match")
+        rule_names = [nm for nm in rule_names
+                      if (inc is None or any(fnmatch.fnmatchcase(q, p) for q in pnames[nm] for p in inc))
+                      and not any(fnmatch.fnmatchcase(q, p) for q in pnames[nm] for p in exc)]
     knob = inp["knob"]
     kind, _, target = knob.partition("@")
     known = {"rank", "energy"} | {f"{k}@{nm}" for nm in rule_names for k in ("rank", "energy")}
@@ -374,10 +394,17 @@ SPLIT = ["KMR.lowrank.split", "KMR.lowrank.sign", "KMR.lowrank.scope", "KMR.lowr
 
 
 def vec(vid: str, primary: str, clauses: list[str], description: str, layers: list[Json], knob: str, value: Json,
-        rule_layers: list[str] | None = None, features: list[str] | None = None) -> Json:
+        rule_layers: list[str] | None = None, features: list[str] | None = None, include: Json = None,
+        exclude: Json = None) -> Json:
     inp: Json = {"layers": layers, "knob": knob, "value": value}
     if rule_layers is not None:
         inp["rule_layers"] = rule_layers
+    if include is not None:
+        inp["include"] = include
+    if exclude is not None:
+        inp["exclude"] = exclude
+    if include is not None or exclude is not None:
+        features = [*(features or []), "select"]
     exp = run_oracle(copy.deepcopy(inp))
     extra = ["KMR.error.names-clause", "KMR.rule.no-mutation"] if "error" in exp else SPLIT
     feats = set(features or ())
@@ -443,6 +470,24 @@ def factor_vectors() -> list[Json]:
     v.append(vec("lowrank-configured-layers", "KMR.lowrank.scope", ["KMR.lowrank.sharing"],
                  "The rule is configured with [\"0\"]: the global knob rank = 1 factorizes layer 0 only.",
                  two, "rank", 1, rule_layers=["0"]))
+    v.append(vec("lowrank-select-include", "KMR.select.include", [],
+                 "include = [\"2.*\"]: only layer 2's parameters are selected, so rank = 1 factorizes layer 2 alone.",
+                 two, "rank", 1, include=["2.*"]))
+    v.append(vec("lowrank-select-exclude", "KMR.select.exclude", [],
+                 "exclude = [\"0.bias\"]: a layer is in scope only when none of its parameters is excluded, so "
+                 "layer 0 keeps its weight and layer 2 is factorized.", two, "rank", 1, exclude=["0.bias"]))
+    v.append(vec("lowrank-select-exclude-wins", "KMR.select.exclude", ["KMR.select.include"],
+                 "include = [\"*\"], exclude = [\"2.weight\"]: exclude wins over include; layer 0 alone.",
+                 two, "rank", 1, include=["*"], exclude=["2.weight"]))
+    v.append(vec("lowrank-error-select-no-match", "KMR.select.no-match", [],
+                 "include = [\"9.*\"] matches no parameter of a layer in scope: RuleInputError.",
+                 two, "rank", 1, include=["9.*"]))
+    v.append(vec("lowrank-error-select-exclude-no-match", "KMR.select.no-match", ["KMR.select.exclude"],
+                 "exclude = [\"*.gamma\"] matches nothing either: RuleInputError (a typo never selects silently).",
+                 two, "rank", 1, exclude=["*.gamma"]))
+    v.append(vec("lowrank-error-select-bare-string", "KMR.select.include", [],
+                 "include = \"2.*\" (a string, not a list of patterns): RuleInputError.", two, "rank", 1,
+                 include="2.*"))
     # energy on a 6 x 6 layer with s = 4, 2, 1, 1/2, 1/4, 1/8 (e = 16, 4, 1, 1/4, 1/16, 1/64; P = 1365/64)
     s6 = [4.0, 2.0, 1.0, 0.5, 0.25, 0.125]
     e6 = lin("0", made(6, 6, s6, 11))
