@@ -40,7 +40,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from kmr_ref.conformance.adapters import F32Array, NotSupported, PruneOutput, QuantOutput, RuleError, Scheme, Scope, tree_order
+from kmr_ref.conformance.adapters import (
+    F32Array,
+    NotSupported,
+    PruneOutput,
+    QuantOutput,
+    RuleError,
+    Scheme,
+    Scope,
+    tree_order,
+)
 from kmr_ref.conformance.prune_runner import build_model
 from kmr_ref.conformance.prune_runner import make_runner as make_prune_runner
 from kmr_ref.conformance.quant_runner import make_runner as make_quant_runner
