@@ -18,6 +18,8 @@ Usage: ``python spec/vectors/generate_structured.py [OUT_DIR]`` (default: ``spec
 
 from __future__ import annotations
 
+import fnmatch
+import itertools
 import json
 import math
 import re
@@ -72,26 +74,69 @@ def score(row: list[float], p: int) -> float:
     return math.fsum(abs(w) if p == 1 else abs(w) * abs(w) for w in row)
 
 
+def kind_of(lay: Json) -> str:
+    return str(lay.get("type", "Linear"))
+
+
+def check_graph(layers: list[Json]) -> None:
+    """KMR.structured.supported-graph / next-layer on the vector's Sequential: between layer l and
+    l+1 sit an optional BatchNorm1d (num_features = C_out(l)), a ReLU and, after a Conv only, at most
+    one Flatten(1, -1); layer l+1 is a Conv with in_channels = C_out(l), or after the Flatten a
+    Linear whose in_features is a multiple of C_out(l); after a Linear, a Linear with in_features =
+    C_out(l). Else KMR.structured.unsupported-graph."""
+    flattens = sum(1 for lay in layers[:-1] if lay.get("flatten"))
+    if flattens > 1:
+        raise VectorError("KMR.structured.unsupported-graph")
+    for a, b in itertools.pairwise(layers):
+        c_out, c_in = a["weight"]["shape"][0], b["weight"]["shape"][1]
+        if a.get("flatten"):
+            ok = kind_of(a) == "Conv1d" and kind_of(b) == "Linear" and c_out > 0 and c_in % c_out == 0
+        elif kind_of(a) == "Conv1d":
+            ok = kind_of(b) == "Conv1d" and c_in == c_out
+        else:
+            ok = kind_of(b) == "Linear" and c_in == c_out
+        if not ok:
+            raise VectorError("KMR.structured.unsupported-graph")
+
+
 def oracle(inp: Json) -> Json:
     layers = inp["layers"]
     names = [lay["name"] for lay in layers]
+    check_graph(layers)  # the graph check runs first
     prunable = list(range(len(layers) - 1))  # KMR.structured.output-layer-kept
+    inc, exc = inp.get("include"), inp.get("exclude", [])
+    if inc is not None or exc:  # KMR.structured.select: patterns on the prunable layers' parameter names
+        if isinstance(inc, str) or isinstance(exc, str):
+            raise VectorError("KMR.select.include")
+        pn = {i: [f"{names[i]}.weight"] + ([f"{names[i]}.bias"] if layers[i]["bias"] is not None else [])
+              for i in prunable}
+        every = [q for i in prunable for q in pn[i]]
+        for pat in [*(inc or []), *exc]:
+            if not any(fnmatch.fnmatchcase(q, pat) for q in every):
+                raise VectorError("KMR.select.no-match")
+        prunable = [i for i in prunable if (inc is None or any(fnmatch.fnmatchcase(q, t) for q in pn[i] for t in inc))
+                    and not any(fnmatch.fnmatchcase(q, t) for q in pn[i] for t in exc)]
     knob = inp["knob"]
     if knob != "fraction" and not (knob.startswith("fraction@") and knob[9:] in [names[i] for i in prunable]):
         raise VectorError("KMR.knob.unknown")
     f = exact_fraction(inp["fraction"])
-    for lay in layers:  # KMR.structured.nonfinite
-        vals = list(lay["weight"]["values"]) + list(lay["bias"] or [])
+    for lay in layers:  # KMR.structured.empty, KMR.structured.nonfinite
+        params = [lay["weight"]["values"], lay["bias"] or []]
+        if lay["bias"] is not None and not lay["bias"]:
+            raise VectorError("KMR.structured.empty")
         if lay["bn"]:
-            vals += [b for k in ("weight", "bias") for b in lay["bn"][k]]
-        if any(not math.isfinite(f32(b)) for b in vals):
+            params += [lay["bn"][k] for k in ("weight", "bias")]
+        if any(not p for p in params[:1]):
+            raise VectorError("KMR.structured.empty")
+        if any(not math.isfinite(f32(b)) for vals in params for b in vals):
             raise VectorError("KMR.structured.nonfinite")
     rows = []
     for lay in layers:
-        out, inn = lay["weight"]["shape"]
+        out = lay["weight"]["shape"][0]
+        fan = math.prod(lay["weight"]["shape"][1:])
         v = [f32(b) for b in lay["weight"]["values"]]
-        rows.append([v[c * inn:(c + 1) * inn] for c in range(out)])
-    scores = [[score(r, inp["p"]) for r in rows[i]] for i in prunable]
+        rows.append([v[c * fan:(c + 1) * fan] for c in range(out)])
+    scores = {i: [score(r, inp["p"]) for r in rows[i]] for i in prunable}
     removed: list[set[int]] = [set() for _ in layers]
     if knob == "fraction" and inp["scope"] == "global":  # KMR.structured.global-order
         total = sum(len(rows[i]) for i in prunable)
@@ -110,14 +155,20 @@ def oracle(inp: Json) -> Json:
             removed[i] = {c for _, c in sorted((scores[i][c], c) for c in range(C))[:k]}
     out_layers = []
     for i, lay in enumerate(layers):
-        out, inn = lay["weight"]["shape"]
+        shape = lay["weight"]["shape"]
+        out, inn = shape[0], shape[1]
+        kk = math.prod(shape[2:])  # kernel entries per input channel (1 for a Linear)
         keep_out = [c for c in range(out) if c not in removed[i]]  # KMR.structured.removal
-        keep_in = [j for j in range(inn) if i == 0 or j not in removed[i - 1]]  # KMR.structured.next-layer-inputs
+        # KMR.structured.next-layer-inputs / KMR.structured.flatten: input j of layer i belongs to
+        # channel j // s of layer i - 1 (s = in / C_out(i - 1) after a Flatten, else 1)
+        s_blk = inn // layers[i - 1]["weight"]["shape"][0] if i and layers[i - 1].get("flatten") else 1
+        keep_in = [j for j in range(inn) if i == 0 or (j // s_blk) not in removed[i - 1]]
         w = lay["weight"]["values"]
-        new = {"name": lay["name"], "weight": {"shape": [len(keep_out), len(keep_in)],
-                                               "values": [w[c * inn + j] for c in keep_out for j in keep_in]},
-               "bias": None if lay["bias"] is None else [lay["bias"][c] for c in keep_out],
-               "bn": None if lay["bn"] is None else {k: [lay["bn"][k][c] for c in keep_out] for k in lay["bn"]}}
+        vals = [w[(c * inn + j) * kk + t] for c in keep_out for j in keep_in for t in range(kk)]
+        new = {k: v for k, v in lay.items() if k not in ("weight", "bias", "bn")}
+        new.update({"weight": {"shape": [len(keep_out), len(keep_in), *shape[2:]], "values": vals},
+                    "bias": None if lay["bias"] is None else [lay["bias"][c] for c in keep_out],
+                    "bn": None if lay["bn"] is None else {k: [lay["bn"][k][c] for c in keep_out] for k in lay["bn"]}})
         out_layers.append(new)
     params = sum(len(x["weight"]["values"]) + len(x["bias"] or []) + (2 * len(x["bn"]["weight"]) if x["bn"] else 0)
                  for x in out_layers)  # KMR.meter.params: BatchNorm running stats are buffers
@@ -129,6 +180,19 @@ def run_oracle(inp: Json) -> Json:
         return oracle(inp)
     except VectorError as e:
         return {"error": e.clause}
+
+
+def conv(name: str, out: int, inn: int, k: int, vals: list[float | str], bias: list[float | str] | None = None,
+         flatten: bool = False, bn: dict[str, list[float | str]] | None = None) -> Json:
+    """A Conv1d(inn, out, k) layer (stride 1, no padding); ``flatten``: a Flatten(1, -1) after its ReLU."""
+    assert len(vals) == out * inn * k
+    layer: Json = {"name": name, "type": "Conv1d",
+                   "weight": {"shape": [out, inn, k], "values": [bits_of(x) for x in vals]},
+                   "bias": None if bias is None else [bits_of(x) for x in bias],
+                   "bn": None if bn is None else {kk: [bits_of(x) for x in v] for kk, v in bn.items()}}
+    if flatten:
+        layer["flatten"] = True
+    return layer
 
 
 def lin(name: str, out: int, inn: int, vals: list[float | str], bias: list[float | str] | None = None,
@@ -146,12 +210,24 @@ BASE = ["KMR.structured.knob", "KMR.structured.score", "KMR.structured.count", "
 
 
 def vec(vid: str, primary: str, clauses: list[str], description: str, layers: list[Json], fraction: Json,
-        knob: str = "fraction", scope: str = "per-layer", p: int = 2) -> Json:
-    inp = {"layers": layers, "knob": knob, "scope": scope, "p": p, "fraction": fraction}
+        knob: str = "fraction", scope: str = "per-layer", p: int = 2, include: Json = None,
+        exclude: Json = None) -> Json:
+    inp: Json = {"layers": layers, "knob": knob, "scope": scope, "p": p, "fraction": fraction}
+    if include is not None:
+        inp["include"] = include
+    if exclude is not None:
+        inp["exclude"] = exclude
     exp = run_oracle(inp)
     extra = ["KMR.error.names-clause", "KMR.rule.no-mutation"] if "error" in exp else BASE
-    feats = sorted({"input-checks"} if "error" in exp else ({"global-scope"} if scope == "global" else set())
-                   | ({"batchnorm"} if any(x["bn"] for x in layers) else set()))
+    feats = set({"input-checks"} if "error" in exp else ({"global-scope"} if scope == "global" else set())
+                | ({"batchnorm"} if any(x["bn"] for x in layers) else set()))
+    if any(kind_of(x) == "Conv1d" for x in layers):
+        feats.add("conv")
+    if any(x.get("flatten") for x in layers):
+        feats.add("flatten")
+    if include is not None or exclude is not None:
+        feats.add("select")
+    feats = sorted(feats)
     return {"id": vid, "primary": primary, "clauses": sorted({primary, *extra, *clauses}), "features": feats,
             "description": description, "input": inp, "expected": exp, "tolerance": None}
 
@@ -219,14 +295,52 @@ def vectors() -> list[Json]:
     v.append(vec("structured-error-unknown-layer", "KMR.knob.unknown", ["KMR.structured.per-layer-knob"],
                  "fraction@2 of a model whose prunable layer is 0 only (2 is the output layer): KnobDomainError.",
                  two, "1/2", knob="fraction@2"))
+    # Conv1d layers, Flatten, selection, empty and unsupported graphs
+    c0 = [1.0, 0.0, -1.0, 0.5, 0.5, 0.0,   0.25, 0.0, 0.0, 0.0, 0.0, 0.25,   2.0, -2.0, 1.0, 1.0, 0.0, 0.0]
+    c1 = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
+    convs = [conv("0", 3, 2, 3, c0, [0.5, -0.5, 0.25]), conv("2", 2, 3, 2, c1)]
+    v.append(vec("structured-conv1d-chain", "KMR.structured.next-layer-inputs", ["KMR.structured.removal"],
+                 "Conv1d(2, 3, 3) then Conv1d(3, 2, 2): L2 scores 3.5, 0.125, 10 over in * k = 6 entries; f = 1/3 "
+                 "removes channel 1 and input channel 1 of the next Conv (its 2 kernel entries per output).",
+                 convs, "1/3"))
+    flat = [conv("0", 3, 2, 3, c0, None, flatten=True),
+            lin("3", 2, 6, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])]
+    v.append(vec("structured-flatten-blocks", "KMR.structured.flatten", ["KMR.structured.next-layer-inputs"],
+                 "Conv1d(2, 3, 3), ReLU, Flatten(1, -1), Linear(6, 2): s = 6 / 3 = 2 inputs per channel; f = 1/3 "
+                 "removes channel 1 and the input block [2, 4) of the Linear.", flat, "1/3"))
+    v.append(vec("structured-select-include", "KMR.structured.select", ["KMR.select.include"],
+                 "include = [\"2.*\"] on a 3-layer chain: only layer 2 is pruned (k = 1 of 2); layer 0 keeps "
+                 "every channel.", three, "1/2", include=["2.*"]))
+    v.append(vec("structured-select-global-counts-selected", "KMR.structured.select", ["KMR.structured.global-order",
+                                                                                       "KMR.select.exclude"],
+                 "scope global with exclude = [\"0.weight\"]: K = floor(1/2 * 2) = 1 over layer 2's channels only.",
+                 three, "1/2", scope="global", exclude=["0.weight"]))
+    v.append(vec("structured-error-select-no-match", "KMR.select.no-match", ["KMR.structured.select"],
+                 "include = [\"4.*\"]: the output layer 4 is not prunable, so the pattern matches nothing the "
+                 "rule can cover: RuleInputError.", three, "1/2", include=["4.*"]))
+    v.append(vec("structured-error-flatten-after-linear", "KMR.structured.unsupported-graph",
+                 ["KMR.structured.next-layer"],
+                 "A Flatten after a Linear (only a Conv may precede it): RuleInputError, the rule never guesses.",
+                 [dict(lin("0", 2, 2, [1.0, 0.0, 0.5, 0.5]), flatten=True), lin("3", 1, 2, [1.0, 1.0])], "1/2"))
+    v.append(vec("structured-error-width-mismatch", "KMR.structured.unsupported-graph", ["KMR.structured.next-layer"],
+                 "Linear(2, 4) then Linear(3, 1): in_features 3 is not C_out = 4: RuleInputError.",
+                 [lin("0", 4, 2, [1.0] * 8), lin("2", 1, 3, [1.0, 1.0, 1.0])], "1/2"))
+    v.append(vec("structured-error-conv-after-linear", "KMR.structured.unsupported-graph",
+                 ["KMR.structured.next-layer"],
+                 "A Conv1d after a Linear: RuleInputError.",
+                 [lin("0", 2, 2, [1.0, 0.0, 0.5, 0.5]), conv("2", 1, 2, 1, [1.0, 1.0])], "1/2"))
+    v.append(vec("structured-error-empty-bias", "KMR.structured.empty", [],
+                 "A layer of zero output channels (a 0 x 2 weight and an empty bias) feeding a Linear(0, 1): "
+                 "RuleInputError.", [lin("0", 0, 2, [], []), lin("2", 1, 0, [])], "1/2"))
     return v
 
 
 def document() -> Json:
     return {"kind": "prune-structured", "spec_version": SPEC_VERSION,
             "generator": "spec/vectors/generate_structured.py",
-            "description": "Structured pruning with physical removal (spec/methods/structured.md) on Linear chains "
-                           "(ReLU between layers, optional BatchNorm1d), weights as binary32 bit patterns. "
+            "description": "Structured pruning with physical removal (spec/methods/structured.md) on Linear and "
+                           "Conv1d chains (ReLU between layers, optional BatchNorm1d, a Flatten after a Conv), "
+                           "weights as binary32 bit patterns. "
                            "See spec/vectors/README.md.",
             "vectors": vectors()}
 

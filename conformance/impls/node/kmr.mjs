@@ -2,7 +2,7 @@
 // A second, non-Python implementation of KMR, written from spec/ alone (no code shared with
 // kmr_ref): Algorithms 1 and 10 on table worlds (spec/kmr.md §7, §9), magnitude pruning
 // (spec/methods/pruning.md), Algorithm Q (spec/methods/quantization.md) and structured pruning of
-// Linear chains (spec/methods/structured.md).
+// Linear / Conv1d chains with BatchNorm, Flatten and include / exclude patterns (spec/methods/structured.md).
 // It speaks the kit's subprocess protocol kmr-conform/1: JSON lines on stdin/stdout
 // (spec/vectors/README.md): `kmr conform --exec "node conformance/impls/node/kmr.mjs"`.
 // Exact numbers are BigInt rationals; binary32 arithmetic is Math.fround on every operation
@@ -275,25 +275,69 @@ function fsum(xs) {
   return Number(q) * 2 ** Math.max(e, -1000) * 2 ** (e - Math.max(e, -1000));
 }
 
+// fnmatch.fnmatchcase: * any run (dots included), ? one character, [seq] / [!seq] a set
+function globMatch(name, pat) {
+  let re = "";
+  for (let i = 0; i < pat.length; i++) {
+    const ch = pat[i];
+    if (ch === "*") re += ".*";
+    else if (ch === "?") re += ".";
+    else if (ch === "[") {
+      const j = pat.indexOf("]", i + 2);
+      if (j < 0) { re += "\\["; continue; }
+      let body = pat.slice(i + 1, j);
+      if (body[0] === "!") body = "^" + body.slice(1);
+      re += "[" + body.replace(/\\/g, "\\\\") + "]";
+      i = j;
+    } else re += ch.replace(/[.+^${}()|\\\]]/g, "\\$&");
+  }
+  return new RegExp("^" + re + "$", "s").test(name);
+}
+
+const kindOf = (l) => l.type || "Linear";
+
 function structured(inp) {
   const layers = inp.layers, names = layers.map((l) => l.name);
-  const prunable = names.slice(0, -1); // KMR.structured.output-layer-kept: the last layer is kept
+  // KMR.structured.supported-graph / next-layer: checked first; anything else is unsupported
+  if (layers.slice(0, -1).filter((l) => l.flatten).length > 1) throw new KMRError("KMR.structured.unsupported-graph");
+  for (let i = 0; i + 1 < layers.length; i++) {
+    const a = layers[i], b = layers[i + 1], cOut = a.weight.shape[0], cIn = b.weight.shape[1];
+    let ok;
+    if (a.flatten) ok = kindOf(a) === "Conv1d" && kindOf(b) === "Linear" && cOut > 0 && cIn % cOut === 0;
+    else if (kindOf(a) === "Conv1d") ok = kindOf(b) === "Conv1d" && cIn === cOut;
+    else ok = kindOf(b) === "Linear" && cIn === cOut;
+    if (!ok) throw new KMRError("KMR.structured.unsupported-graph");
+  }
+  let prunable = names.slice(0, -1).map((_, i) => i); // KMR.structured.output-layer-kept
+  const inc = inp.include === undefined ? null : inp.include, exc = inp.exclude === undefined ? [] : inp.exclude;
+  if (inc !== null || exc.length) { // KMR.structured.select on the prunable layers' parameter names
+    if (typeof inc === "string" || typeof exc === "string") throw new KMRError("KMR.select.include");
+    const pn = (i) => [`${names[i]}.weight`, ...(layers[i].bias === null ? [] : [`${names[i]}.bias`])];
+    const every = prunable.flatMap(pn);
+    for (const pat of [...(inc || []), ...exc]) {
+      if (!every.some((q) => globMatch(q, pat))) throw new KMRError("KMR.select.no-match");
+    }
+    prunable = prunable.filter((i) => (inc === null || pn(i).some((q) => inc.some((t) => globMatch(q, t))))
+      && !pn(i).some((q) => exc.some((t) => globMatch(q, t))));
+  }
   let targets;
-  if (inp.knob === "fraction") targets = prunable.map((_, i) => i);
-  else if (inp.knob.startsWith("fraction@") && prunable.includes(inp.knob.slice(9))) {
+  if (inp.knob === "fraction") targets = prunable;
+  else if (inp.knob.startsWith("fraction@") && prunable.map((i) => names[i]).includes(inp.knob.slice(9))) {
     targets = [names.indexOf(inp.knob.slice(9))]; // KMR.structured.per-layer-knob
   } else throw new KMRError("KMR.knob.unknown");
   if (typeof inp.fraction === "boolean") throw new KMRError("KMR.knob.domain-real");
   const f = exact(inp.fraction, "KMR.knob.domain-real"); // KMR.structured.knob: f in [0, 1)
   if (cmp(f, frac(0n)) < 0 || cmp(f, frac(1n)) >= 0) throw new KMRError("KMR.knob.domain-real");
   if (inp.p !== 1 && inp.p !== 2) throw new KMRError("KMR.knob.domain");
-  for (const l of layers) { // KMR.structured.nonfinite: parameters of layers and BatchNorms
-    const params = [l.weight.values, l.bias || [], ...(l.bn ? [l.bn.weight, l.bn.bias] : [])];
+  for (const l of layers) { // KMR.structured.empty, KMR.structured.nonfinite: parameters of layers and BatchNorms
+    const params = [l.weight.values, ...(l.bias === null ? [] : [l.bias]), ...(l.bn ? [l.bn.weight, l.bn.bias] : [])];
+    if (params.some((a) => a.length === 0)) throw new KMRError("KMR.structured.empty");
     if (params.some((a) => a.some((b) => !Number.isFinite(f32(b))))) throw new KMRError("KMR.structured.nonfinite");
   }
   const rows = layers.map((l) => {
-    const [out, inn] = l.weight.shape, v = l.weight.values.map(f32);
-    return Array.from({ length: out }, (_, c) => v.slice(c * inn, (c + 1) * inn));
+    const out = l.weight.shape[0], fan = l.weight.shape.slice(1).reduce((a, b) => a * b, 1);
+    const v = l.weight.values.map(f32);
+    return Array.from({ length: out }, (_, c) => v.slice(c * fan, (c + 1) * fan));
   });
   // KMR.structured.score: fsum of |w|^p, each term one binary64 operation (exact for binary32)
   const score = (row) => fsum(row.map((w) => (inp.p === 1 ? Math.abs(w) : Math.abs(w) * Math.abs(w))));
@@ -319,10 +363,13 @@ function structured(inp) {
   }
   let params = 0;
   const out = layers.map((l, i) => {
-    const [o, inn] = l.weight.shape;
+    const [o, inn, ...kern] = l.weight.shape;
+    const kk = kern.reduce((a, b) => a * b, 1); // kernel entries per input channel (1 for a Linear)
+    // KMR.structured.flatten: after a Flatten, input j belongs to channel floor(j / s) of the layer before
+    const s = i > 0 && layers[i - 1].flatten ? inn / layers[i - 1].weight.shape[0] : 1;
     const keepOut = [...Array(o).keys()].filter((c) => !removed[i].has(c)); // KMR.structured.removal
-    const keepIn = [...Array(inn).keys()].filter((j) => i === 0 || !removed[i - 1].has(j)); // next-layer-inputs
-    const values = keepOut.flatMap((c) => keepIn.map((j) => l.weight.values[c * inn + j]));
+    const keepIn = [...Array(inn).keys()].filter((j) => i === 0 || !removed[i - 1].has(Math.floor(j / s))); // next-layer-inputs
+    const values = keepOut.flatMap((c) => keepIn.flatMap((j) => [...Array(kk).keys()].map((t) => l.weight.values[(c * inn + j) * kk + t])));
     const bias = l.bias === null ? null : keepOut.map((c) => l.bias[c]);
     let bn = null;
     if (l.bn !== null) { // KMR.structured.bn
@@ -330,7 +377,8 @@ function structured(inp) {
       for (const k of Object.keys(l.bn)) bn[k] = keepOut.map((c) => l.bn[k][c]);
     }
     params += values.length + (bias ? bias.length : 0) + (bn ? bn.weight.length + bn.bias.length : 0); // KMR.meter.params
-    return { name: l.name, weight: { shape: [keepOut.length, keepIn.length], values }, bias, bn };
+    const res = { ...l, weight: { shape: [keepOut.length, keepIn.length, ...kern], values }, bias, bn };
+    return res;
   });
   return { layers: out, params };
 }
