@@ -392,16 +392,24 @@ def test_quant_compiled_equals_reference(w: torch.Tensor, bits: int, scheme: ref
     assert COMPILE_STATS["compiles"] >= 1 and COMPILE_STATS["first_call_s"] > 0
 
 
-def test_empty_out_hint_changes_no_value() -> None:
-    """The huge-page hint of the kernels' output allocator is a hint only: a large output holds
-    what is written into it, and small or non-CPU outputs are plain ``torch.empty``."""
-    from kmr_ref.kernels.parallel import empty_out
+@pytest.mark.parametrize("huge", [False, True])
+def test_empty_out_touches_pages_only(monkeypatch: pytest.MonkeyPatch, huge: bool) -> None:
+    """The kernels' output allocator pre-faults a large output (one zero per 4 KiB page, the
+    caller's thread count restored after) and, opted in, hints huge pages: the tensor has the
+    asked shape and dtype, holds what is written into it, and small outputs are plain ``empty``."""
+    from kmr_ref.kernels import parallel
 
-    src = torch.arange(3 << 20, dtype=torch.float32)  # 12 MiB: above the 4 MiB threshold
-    out = empty_out(src.shape, torch.float32, src.device)
-    out.copy_(src)
-    assert out.shape == src.shape and out.dtype == torch.float32 and torch.equal(out, src)
-    small = empty_out((3, 4), torch.int8, torch.device("cpu"))
+    monkeypatch.setattr(parallel, "HUGE_PAGES", huge)
+    threads = torch.get_num_threads()
+    for dt in (torch.float32, torch.int8):
+        out = parallel.empty_out((5 << 20,), dt, torch.device("cpu"))  # >= 4 MiB: pre-faulted
+        assert out.shape == (5 << 20,) and out.dtype == dt and torch.get_num_threads() == threads
+        step = 4096 // out.element_size()
+        assert int(out[::step].abs().sum()) == 0  # the touched entries (the rest is not read)
+        src = torch.arange(5 << 20).to(dt)
+        out.copy_(src)
+        assert torch.equal(out, src)
+    small = parallel.empty_out((3, 4), torch.int8, torch.device("cpu"))
     assert small.shape == (3, 4) and small.dtype == torch.int8
 
 
