@@ -45,3 +45,38 @@ def test_efficientnet_structured_config(tmp_path: Path) -> None:
     assert 0.0 <= r["quality_final"] <= 1.0 and r["quality_initial"] == 1.0
     assert r["reload"]["cost"] == r["cost_final"] and r["reload"]["quality"] == r["quality_final"]
 
+@pytest.mark.slow
+def test_minilm_heads_config(tmp_path: Path) -> None:
+    """kmr_ref/examples/minilm_heads.toml (issue 12, spec/methods/heads.md): heads, then FFN neurons,
+    then 8 bits under one storage budget (1/4 of fp32, below 8 bits alone); parameters and MACs
+    fall; the run directory reloads (KMR.compress.load) and `kmr eval` reproduces the report
+    (KMR.compress.eval); KMR.heads.bert: 11 heads and 1460 neurons left in every layer."""
+    import torch
+
+    from kmr_ref.cli.eval_cmd import evaluate
+    from kmr_ref.compress import compress, load, load_config, load_model
+    from kmr_ref.methods.meters import macs, parameter_count
+    from kmr_ref.methods.quantization import UniformQuantization
+    from kmr_ref.methods.storage import composed_storage_bits
+    from kmr_ref.models import minilm
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "kmr_ref" / "examples" / "minilm_heads.toml")
+    m0 = load_model(cfg)
+    rep = compress(m0, cfg, out_dir=tmp_path / "run")
+    assert rep.status.value == "feasible" and rep.accepted_steps == 3
+    c0 = composed_storage_bits(m0)
+    assert Fraction(rep.cost_final) <= Fraction(1, 4) * c0
+    q8 = UniformQuantization(scheme="symmetric", granularity="channel").apply(m0, "bits", 8)
+    assert composed_storage_bits(q8) > Fraction(1, 4) * c0  # the pruning phases were needed
+    assert rep.quality_final is not None and 0.9 <= rep.quality_final < 1.0
+    got, final = evaluate(tmp_path / "run")
+    assert got == final
+    back = load(tmp_path / "run")
+    for li in range(6):
+        sa = back.get_submodule(f"bert.encoder.layer.{li}.attention.self")
+        assert sa.num_attention_heads == 11 and sa.query.out_features == 11 * 32
+        assert back.get_submodule(f"bert.encoder.layer.{li}.intermediate.dense").out_features == 1536 - 76
+    x = minilm.example_input()
+    assert parameter_count(back) < parameter_count(m0) and macs(back, x) < macs(m0, x)
+    with torch.no_grad():
+        assert torch.equal(back(*x), rep.model(*x))
