@@ -45,6 +45,7 @@ def test_efficientnet_structured_config(tmp_path: Path) -> None:
     assert 0.0 <= r["quality_final"] <= 1.0 and r["quality_initial"] == 1.0
     assert r["reload"]["cost"] == r["cost_final"] and r["reload"]["quality"] == r["quality_final"]
 
+
 @pytest.mark.slow
 def test_minilm_heads_config(tmp_path: Path) -> None:
     """kmr_ref/examples/minilm_heads.toml (issue 12, spec/methods/heads.md): heads, then FFN neurons,
