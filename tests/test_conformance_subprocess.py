@@ -1,12 +1,13 @@
 """The language-neutral protocol (``kmr conform --exec CMD``, ``subprocess_impl.py``).
 
 The Node.js implementation under ``conformance/impls/node/`` (Algorithms 1 and 10 on table worlds,
-magnitude pruning, Algorithm Q, structured pruning of Linear chains; written from spec/ alone)
+magnitude pruning, Algorithm Q, structured pruning, low-rank from given factors; written from spec/ alone)
 passes every vector through the subprocess protocol; protocol faults (bad handshake, crash,
 nondeterminism, skips on non-error vectors, declared unsupported features) are reported, never raised.
 Clauses exercised:
 KMR.rule.deterministic (two runs per vector), KMR.prune.tensor-order, KMR.quant.scale,
-KMR.structured.score (its exactly rounded sum, written with BigInt).
+KMR.structured.score (its exactly rounded sum, written with BigInt), KMR.lowrank.sign (the diagnosis
+pins a missing sign convention through the protocol as in-process).
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def test_node_implementation_passes_every_vector() -> None:
     rep = json.loads(proc.stdout)
     assert rep["summary"]["ok"] and rep["summary"]["totals"]["fail"] == 0
     kinds = {f["kind"] for f in rep["summary"]["files"] if f["pass"] == f["vectors"] > 0}
-    assert {"alg1", "alg10", "prune-magnitude", "quant-uniform", "prune-structured"} <= kinds
+    assert {"alg1", "alg10", "prune-magnitude", "quant-uniform", "prune-structured", "lowrank-factors"} <= kinds
+    # it passes the vectors the reference lists as its own bugs (kmr_ref/conformance/reference.xfail)
+    res = {r["vector"]: r["outcome"] for r in rep["results"]}
+    assert res["lowrank-select-exclude"] == res["lowrank-select-exclude-wins"] == "pass"
     # the kinds it does not declare are not-supported, never failed
     assert all(f["not-supported"] == f["vectors"] for f in rep["summary"]["files"] if f["kind"] not in kinds)
 
@@ -103,3 +107,18 @@ def test_skip_only_on_error_vectors_and_features(tmp_path: Path) -> None:
     rep = json.loads(_conform("--json", "--exec", _fake(tmp_path, "no-asym"), str(VDIR / "quantization.json")).stdout)
     asym = [r for r in rep["results"] if "asymmetric" in r["features"]]
     assert asym and all(r["outcome"] == "not-supported" for r in asym)
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_lowrank_diagnosis_through_the_protocol(tmp_path: Path) -> None:
+    """A copy of the Node implementation without the sign convention: through --exec its failures
+    are pinned on KMR.lowrank.sign, as the in-process runner pins them."""
+    src = NODE_IMPL.read_text(encoding="utf-8")
+    assert "if (u[piv][c] < 0) {" in src
+    bad = tmp_path / "kmr_nosign.mjs"
+    bad.write_text(src.replace("if (u[piv][c] < 0) {", "if (false) {"), encoding="utf-8")
+    proc = _conform("--json", "--exec", f"{NODE} {bad}", str(VDIR / "lowrank.json"))
+    assert proc.returncode == 1
+    blame = {f["id"]: f["clause"] for f in json.loads(proc.stdout)["failures"]}
+    assert blame["lowrank-rank1-linear"] == "KMR.lowrank.sign"
+    assert blame["lowrank-sign-tie-first-index"] == "KMR.lowrank.sign"

@@ -2,7 +2,8 @@
 // A second, non-Python implementation of KMR, written from spec/ alone (no code shared with
 // kmr_ref): Algorithms 1 and 10 on table worlds (spec/kmr.md §7, §9), magnitude pruning
 // (spec/methods/pruning.md), Algorithm Q (spec/methods/quantization.md) and structured pruning of
-// Linear / Conv1d chains with BatchNorm, Flatten and include / exclude patterns (spec/methods/structured.md).
+// Linear / Conv1d chains with BatchNorm, Flatten and include / exclude patterns (spec/methods/structured.md),
+// and low-rank factorization from given SVD factors (spec/methods/lowrank.md, kind lowrank-factors).
 // It speaks the kit's subprocess protocol kmr-conform/1: JSON lines on stdin/stdout
 // (spec/vectors/README.md): `kmr conform --exec "node conformance/impls/node/kmr.mjs"`.
 // Exact numbers are BigInt rationals; binary32 arithmetic is Math.fround on every operation
@@ -383,9 +384,122 @@ function structured(inp) {
   return { layers: out, params };
 }
 
+// ---- low-rank factorization with the SVD backend's factors given (spec/methods/lowrank.md) ------
+// kind lowrank-factors: the vector gives, per layer, the factors an SVD returned for its binary64
+// matrix; everything after them is exact IEEE arithmetic (Math.sqrt and * are correctly rounded).
+const dv8 = new DataView(new ArrayBuffer(8));
+function f64(hex) { dv8.setUint32(0, parseInt(hex.slice(0, 8), 16)); dv8.setUint32(4, parseInt(hex.slice(8), 16)); return dv8.getFloat64(0); }
+function hex64(x) {
+  dv8.setFloat64(0, x);
+  return dv8.getUint32(0).toString(16).padStart(8, "0") + dv8.getUint32(4).toString(16).padStart(8, "0");
+}
+const FLOATS = ["float32", "float64"];
+const decodeT = (dtype, vals) => (dtype === "float32" ? vals.map(f32) : dtype === "float64" ? vals.map(f64) : vals.map(Number));
+const encodeT = (dtype, xs) => (dtype === "float32" ? xs.map(hex32) : xs.map(hex64)); // hex32 rounds to nearest even
+const prod = (xs) => xs.reduce((a, b) => a * b, 1);
+
+function lrShape(l) { // KMR.lowrank.conv / refactor: [m, n] of the layer's matrix
+  if (l.type === "LowRankFactors") return [l.second.weight.shape[0], l.first.weight.shape[1]];
+  return [l.weight.shape[0], prod(l.weight.shape.slice(1))];
+}
+function lrParams(l) { // [name suffix, dtype, values]
+  if (l.type === "LowRankFactors") {
+    return [...lrParams(l.first).map(([n, d, v]) => ["0." + n, d, v]), ...lrParams(l.second).map(([n, d, v]) => ["1." + n, d, v])];
+  }
+  return [["weight", l.weight.dtype, l.weight.values], ...(l.bias === null ? [] : [["bias", l.weight.dtype, l.bias]])];
+}
+const lrNumel = (l) => lrParams(l).reduce((a, [, , v]) => a + v.length, 0);
+const strip = (l) => { const o = { ...l }; delete o.svd; return o; };
+
+function energyRank(s, e) { // KMR.lowrank.energy: smallest r with fsum(e_1..e_r) >= e * fsum(all), exactly
+  const sq = s.map((x) => x * x);
+  const total = sq.every(Number.isFinite) ? fsum(sq) : Infinity;
+  if (!Number.isFinite(total)) throw new KMRError("KMR.lowrank.nonfinite"); // the energy overflows
+  const bound = frac(e.p * ofDouble(total).p, e.q * ofDouble(total).q);
+  for (let r = 1; r <= sq.length; r++) if (cmp(ofDouble(fsum(sq.slice(0, r))), bound) >= 0) return r;
+  return sq.length;
+}
+
+function factorLayer(l, r) { // KMR.lowrank.sign, KMR.lowrank.split, KMR.lowrank.conv
+  const base = l.type === "LowRankFactors" ? l.first : l, last = l.type === "LowRankFactors" ? l.second : l;
+  const [m, n] = lrShape(l), k = Math.min(m, n);
+  const uf = l.svd.u.map(f64), s = l.svd.s.map(f64), vf = l.svd.vh.map(f64);
+  const u = Array.from({ length: m }, (_, i) => uf.slice(i * k, (i + 1) * k));
+  const vh = Array.from({ length: k }, (_, i) => vf.slice(i * n, (i + 1) * n));
+  for (let c = 0; c < k; c++) { // negate (u_c, v_c) when u_c's largest |entry| (first on ties) is negative
+    let piv = 0;
+    for (let i = 1; i < m; i++) if (Math.abs(u[i][c]) > Math.abs(u[piv][c])) piv = i;
+    if (u[piv][c] < 0) { for (let i = 0; i < m; i++) u[i][c] *= -1; vh[c] = vh[c].map((x) => x * -1); }
+  }
+  const root = s.slice(0, r).map(Math.sqrt);
+  const a = [], b = [];
+  for (let i = 0; i < r; i++) for (let j = 0; j < n; j++) a.push(root[i] * vh[i][j]);
+  for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) b.push(u[i][j] * root[j]);
+  const dtype = base.weight.dtype;
+  const first = { type: base.type, weight: { shape: [r, ...base.weight.shape.slice(1)], dtype, values: encodeT(dtype, a) }, bias: null };
+  const ones = base.weight.shape.slice(2).map(() => 1);
+  const second = { type: base.type, weight: { shape: [m, r, ...ones], dtype, values: encodeT(dtype, b) }, bias: last.bias };
+  if (base.type === "Conv1d") {
+    first.conv = base.conv;
+    second.conv = { stride: ones, padding: ones.map(() => 0), dilation: ones };
+  }
+  return { name: l.name, type: "LowRankFactors", first, second };
+}
+
+function lowrankFactors(inp) {
+  const layers = inp.layers, byName = new Map(layers.map((l) => [l.name, l]));
+  const inScope = (l) => lrParams(l).every(([, , v]) => v.length > 0); // KMR.lowrank.empty
+  let ruleNames;
+  if (inp.rule_layers !== undefined) { // KMR.lowrank.scope: the configured names must be layers
+    for (const nm of inp.rule_layers) if (!byName.has(nm)) throw new KMRError("KMR.lowrank.scope");
+    ruleNames = [...inp.rule_layers];
+  } else ruleNames = layers.filter(inScope).map((l) => l.name);
+  const inc = inp.include === undefined ? null : inp.include, exc = inp.exclude === undefined ? [] : inp.exclude;
+  if (inc !== null || exc.length) { // KMR.select.*: patterns on the layers' parameter names
+    if (typeof inc === "string" || typeof exc === "string") throw new KMRError("KMR.select.include");
+    const pn = (nm) => lrParams(byName.get(nm)).map(([q]) => `${nm}.${q}`);
+    const every = ruleNames.flatMap(pn);
+    for (const pat of [...(inc || []), ...exc]) if (!every.some((q) => globMatch(q, pat))) throw new KMRError("KMR.select.no-match");
+    ruleNames = ruleNames.filter((nm) => (inc === null || pn(nm).some((q) => inc.some((t) => globMatch(q, t))))
+      && !pn(nm).some((q) => exc.some((t) => globMatch(q, t))));
+  }
+  const [kind, target] = inp.knob.includes("@") ? [inp.knob.slice(0, inp.knob.indexOf("@")), inp.knob.slice(inp.knob.indexOf("@") + 1)] : [inp.knob, ""];
+  const known = (kind === "rank" || kind === "energy") && (target === "" || ruleNames.includes(target));
+  if (!known) throw new KMRError("KMR.knob.unknown");
+  let v;
+  if (kind === "rank") { // KMR.lowrank.rank-range
+    if (typeof inp.value !== "number" || !Number.isInteger(inp.value) || inp.value < 1 || inp.value > 2 ** 20) throw new KMRError("KMR.lowrank.rank-range");
+    v = inp.value;
+  } else {
+    if (typeof inp.value === "boolean") throw new KMRError("KMR.knob.domain-real");
+    v = exact(inp.value, "KMR.knob.domain-real");
+    if (cmp(v, frac(0n)) <= 0 || cmp(v, frac(1n)) > 0) throw new KMRError("KMR.knob.domain-real");
+  }
+  let scope = ruleNames.map((nm) => byName.get(nm)).filter(inScope);
+  if (target) scope = scope.filter((l) => l.name === target); // KMR.lowrank.per-layer-knob
+  for (const l of scope) for (const [, d, vals] of lrParams(l)) { // KMR.lowrank.dtype, KMR.lowrank.nonfinite
+    if (!FLOATS.includes(d)) throw new KMRError("KMR.lowrank.dtype");
+    if (decodeT(d, vals).some((x) => !Number.isFinite(x))) throw new KMRError("KMR.lowrank.nonfinite");
+  }
+  const plan = new Map();
+  for (const l of scope) {
+    const [m, n] = lrShape(l);
+    let r;
+    if (kind === "rank") {
+      r = v;
+      if (target && r >= Math.min(m, n)) throw new KMRError("KMR.lowrank.rank-range");
+    } else r = energyRank(l.svd.s.map(f64), v);
+    if (l.type === "LowRankFactors" && r >= l.first.weight.shape[0]) continue; // KMR.lowrank.refactor
+    if (!(r * (m + n) < m * n)) continue; // KMR.lowrank.applicable
+    plan.set(l.name, r);
+  }
+  const out = layers.map((l) => (plan.has(l.name) ? factorLayer(l, plan.get(l.name)) : strip(l)));
+  return { layers: out, params: out.reduce((a, l) => a + lrNumel(l), 0) }; // KMR.meter.params
+}
+
 // ---- the protocol ------------------------------------------------------------------------------
 const KINDS = { "alg1": alg1, "alg10": alg10, "prune-magnitude": prune, "quant-uniform": quantize,
-                "prune-structured": structured };
+                "prune-structured": structured, "lowrank-factors": lowrankFactors };
 const send = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });
 rl.on("line", (line) => {
