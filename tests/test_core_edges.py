@@ -146,3 +146,142 @@ def test_error_at_a_phase_start_carries_the_pipeline() -> None:
         composed_kmr(50, [a, b], CostMeter("c", lambda m: m), 0, 10, quality=QualityMeter("q", quality))
     part = e.value.kmr_partial  # type: ignore[attr-defined]
     assert part.model == 40 and [(r.t, r.value) for r in part.trace] == [(0, 40)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis scopes, reusing rules, derivation records (kmr_ref/core/rules.py, meters.py)
+
+
+class _Obj:
+    """A model object that can be weakly referenced; identity is what the core keys on."""
+
+
+def test_analysis_scope_keys_on_identity_and_nests() -> None:
+    """KMR.rule.analysis-scope: outside a block there is no scope; inside, a value put for
+    (kind, object) is found for that very object and kind only; nested blocks share the outer
+    scope; the scope is gone when the outer block ends, also after an exception."""
+    from kmr_ref.core.rules import AnalysisScope, analysis_scope, current_scope
+
+    assert current_scope() is None
+    a, b = _Obj(), _Obj()
+    with analysis_scope() as s:
+        assert isinstance(s, AnalysisScope) and current_scope() is s and len(s) == 0
+        assert s.get("k", a) is None
+        s.put("k", a, 7)
+        assert s.get("k", a) == 7 and s.get("k", b) is None and s.get("other", a) is None and len(s) == 1
+        with analysis_scope() as inner:
+            assert inner is s and current_scope() is s
+        assert current_scope() is s
+    assert current_scope() is None
+    with pytest.raises(RuntimeError), analysis_scope():
+        raise RuntimeError("x")
+    assert current_scope() is None
+    with analysis_scope() as s2:
+        assert s2 is not s and len(s2) == 0
+
+
+def test_analysis_scope_refuses_a_recycled_id() -> None:
+    """KMR.rule.analysis-scope: an entry answers only for the object it was put for, not for
+    another object that happens to have the same id()."""
+    from kmr_ref.core.rules import AnalysisScope
+
+    s = AnalysisScope()
+    a = _Obj()
+    s.put("k", a, 1)
+    key = ("k", id(a))
+    s._memo[key] = (_Obj(), 1)  # as if a had died and its id been reused
+    assert s.get("k", a) is None
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, str, KnobValue]] = []
+
+    def knobs(self) -> Sequence[Knob]:
+        return [Knob("v", IntRange(0, 100)), Knob("w", IntRange(0, 100))]
+
+    def apply(self, model: object, knob: str, value: KnobValue) -> object:
+        self.calls.append((model, knob, value))
+        return (model, knob, value)
+
+
+def test_reusing_rule_returns_kept_outputs() -> None:
+    """KMR.rule.reuse: the same input object and (k, v) give the output computed before, without
+    applying the inner rule again; another input object, another knob or a value of another type
+    (1 and True are equal but not the same value) is applied; retain keeps one output, clear none."""
+    from kmr_ref.core.rules import ReusingRule, reusing
+
+    inner = _Counting()
+    r = reusing(inner)
+    assert isinstance(r, ReusingRule) and reusing(r) is r and r.knobs() == inner.knobs()
+    a, b = _Obj(), _Obj()
+    o1 = r.apply(a, "v", 1)
+    assert r.apply(a, "v", 1) is o1 and (r.applied, r.reused, r.held) == (1, 1, 1)
+    r.apply(a, "w", 1)
+    r.apply(a, "v", True)
+    assert (r.applied, r.reused, r.held) == (3, 1, 3)
+    r.retain(a, "v", 1)
+    assert r.held == 1 and r.apply(a, "v", 1) is o1 and r.reused == 2
+    r.retain(a, "w", 1)  # not kept: everything is dropped
+    assert r.held == 0
+    o2 = r.apply(a, "v", 1)
+    assert o2 == o1 and o2 is not o1 and r.applied == 4
+    r.apply(b, "v", 2)  # another input: the outputs of a are dropped
+    assert r.held == 1
+    r.retain(a, "v", 2)  # a is not the latest input: drops all
+    assert r.held == 0
+    r.apply(b, "v", 2)  # applied again (6)
+    r.clear()
+    assert r.held == 0 and r.apply(b, "v", 2) == (b, "v", 2) and r.applied == 7
+    assert [c[1:] for c in inner.calls] == [("v", 1), ("w", 1), ("v", True), ("v", 1), ("v", 2), ("v", 2), ("v", 2)]
+
+
+def test_reusing_rule_keeps_nothing_on_failure() -> None:
+    """KMR.rule.reuse: a failing application keeps nothing (the next call applies again)."""
+    from kmr_ref.core.rules import reusing
+
+    class Flaky(_Counting):
+        def apply(self, model: object, knob: str, value: KnobValue) -> object:
+            super().apply(model, knob, value)
+            if len(self.calls) == 1:
+                raise RuleInputError("KMR.rule.domain-error", "first call fails")
+            return "ok"
+
+    inner = Flaky()
+    r = reusing(inner)
+    a = _Obj()
+    with pytest.raises(RuleInputError):
+        r.apply(a, "v", 1)
+    assert r.held == 0 and r.applied == 0
+    assert r.apply(a, "v", 1) == "ok" and len(inner.calls) == 2 and r.applied == 1
+
+
+def test_derivation_records() -> None:
+    """KMR.meter.delta: a recorded derivation gives (parent, changed names) while both live; it
+    vanishes with the child, is None once the parent is gone, and a model that cannot be weakly
+    referenced gets no record."""
+    import gc
+
+    from kmr_ref.core.meters import _DERIVED, derivation, record_derivation
+
+    parent, child = _Obj(), _Obj()
+    assert derivation(child) is None
+    record_derivation(child, parent, ["a.weight", "b.weight"])
+    assert derivation(child) == (parent, frozenset({"a.weight", "b.weight"}))
+    assert derivation(parent) is None
+    other = _Obj()
+    record_derivation(other, child, [])
+    assert derivation(other) == (child, frozenset())
+    n = len(_DERIVED)
+    del other
+    gc.collect()
+    assert len(_DERIVED) == n - 1  # the record went with its child
+    p2 = _Obj()
+    record_derivation(child, p2, ["x"])  # a newer record replaces the older
+    assert derivation(child) == (p2, frozenset({"x"}))
+    del p2
+    gc.collect()
+    assert derivation(child) is None
+    record_derivation(5, parent, ["x"])
+    record_derivation((1, 2), parent, ["x"])
+    assert derivation(5) is None and derivation((1, 2)) is None
