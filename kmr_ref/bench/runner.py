@@ -16,7 +16,11 @@ from typing import Any
 
 import torch
 
-CASES = ("global_prune", "quant_per_channel")
+from kmr_ref.bench import greedy
+
+KERNEL_CASES = ("global_prune", "quant_per_channel")
+CASES = (*KERNEL_CASES, greedy.NAME)  # greedy_scaling: kmr_ref/bench/greedy.py (framework, not a kernel)
+DEFAULT_CASES = KERNEL_CASES  # `kmr bench` without --case (quick); greedy_scaling on request
 IMPLS = ("ours", "ours_1t", "peer", "copy", "copy_into")
 PEERS = {
     "global_prune": "torch.nn.utils.prune.global_unstructured(L1Unstructured, amount=k) over nn.Linear",
@@ -188,17 +192,23 @@ def _phase(cases: tuple[str, ...], size: int, reps: int, nthreads: int, device: 
 
 
 def run_bench(size: int, *, repeats: int | None = None, threads: int | None = None, device: str = "cpu",
-              cases: tuple[str, ...] = CASES, load: int = 0, baseline: str | None = None, compile: bool = False,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              cases: tuple[str, ...] = DEFAULT_CASES, load: int = 0, baseline: str | None = None,
+              compile: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The report: ``{"device", "threads", "cases": [...]}`` (the ``kmr bench --json`` contract)
     plus descriptive fields. ``load``: also measure every case while that many busy processes run
     (each case then holds ``quiet`` and ``loaded``); ``baseline``: a directory of older kernels
     (``prune_select.py``, ``quant_fused.py``) measured beside ours as ``baseline_s``; ``compile``:
     also time the ``torch.compile``d quantize pass (``ours_compiled_s``, first call ``compile_s``,
     compiled into a fresh inductor cache)."""
+    kernels = tuple(c for c in cases if c != greedy.NAME)
     with tempfile.TemporaryDirectory(prefix="kmr-bench-inductor-") as tmp:
-        return _run_bench(size, repeats, threads, device, cases, load, baseline, compile,
-                          tmp if compile else None, progress)
+        rep = _run_bench(size, repeats, threads, device, kernels, load, baseline, compile,
+                         tmp if compile else None, progress)
+    if greedy.NAME in cases:  # the framework case: one greedy step at L = 50 and 200 (1 thread unless --threads)
+        if progress:
+            progress(f"{greedy.NAME}: one greedy step at L = {', '.join(map(str, greedy.LAYERS))}")
+        rep["cases"].append(greedy.greedy_scaling(greedy.LAYERS, rounds=greedy.ROUNDS, threads=threads or 1))
+    return rep
 
 
 def _run_bench(size: int, repeats: int | None, threads: int | None, device: str, cases: tuple[str, ...], load: int,

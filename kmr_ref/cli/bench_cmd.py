@@ -8,8 +8,16 @@ import json
 import sys
 from typing import Any
 
+from kmr_ref.bench import greedy
 from kmr_ref.bench.models import parse_size
-from kmr_ref.bench.runner import CASES, LOAD_GOAL, PEAK_EXTRA_DEFINITION, TIMING_DEFINITION, run_bench
+from kmr_ref.bench.runner import (
+    CASES,
+    DEFAULT_CASES,
+    LOAD_GOAL,
+    PEAK_EXTRA_DEFINITION,
+    TIMING_DEFINITION,
+    run_bench,
+)
 
 DEFAULT_SIZE = "10M"
 
@@ -23,7 +31,8 @@ def register(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per implementation (median)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--case", action="append", choices=CASES, help="run only this case (repeatable)")
+    p.add_argument("--case", action="append", choices=CASES,
+                   help=f"run only this case (repeatable; default {', '.join(DEFAULT_CASES)})")
     p.add_argument("--load", type=int, default=0, metavar="K",
                    help="also measure every case while K busy processes run (stopped afterwards)")
     p.add_argument("--baseline", default=None, metavar="DIR",
@@ -82,7 +91,7 @@ def _table(rep: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cases = tuple(args.case) if args.case else CASES
+    cases = tuple(args.case) if args.case else DEFAULT_CASES
     def progress(msg: str) -> None:
         if not args.json:
             print(f"… {msg}", file=sys.stderr, flush=True)
@@ -94,5 +103,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
-        _table(rep)
+        kernels = [c for c in rep["cases"] if c["name"] != greedy.NAME]
+        if kernels:
+            _table({**rep, "cases": kernels})
+        for c in rep["cases"]:
+            if c["name"] == greedy.NAME:  # kmr_ref/bench/greedy.py
+                from rich.console import Console
+
+                Console(width=None if sys.stdout.isatty() else 160).print(greedy.table(c))
+                print(c["definition"])
     return 0

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+import weakref
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from kmr_ref.core.errors import MeterError
-from kmr_ref.core.meters import CostMeter, InformativeMeter
-from kmr_ref.methods.modules import PrunableFilter, clone_tree
+from kmr_ref.core.meters import CostMeter, InformativeMeter, derivation
+from kmr_ref.core.rules import current_scope
+from kmr_ref.methods.modules import PrunableFilter, check_subnormals, clone_tree
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -48,6 +52,89 @@ def nonzero_count(model: nn.Module, keep: PrunableFilter = all_parameters) -> in
     """``KMR.meter.nonzeros``: entries != 0 in the distinct parameters that pass ``keep``
     (``-0.0`` is zero; NaN is nonzero)."""
     return sum(int(torch.count_nonzero(p.detach())) for p in _unique_parameters(model, keep))
+
+
+def _unique_named(model: nn.Module, keep: PrunableFilter) -> Iterator[tuple[str, torch.Tensor]]:
+    # _unique_parameters' walk, with each parameter's (first) qualified name
+    seen: set[int] = set()
+    for mname, mod in model.named_modules():
+        for pname, p in mod._parameters.items():
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if keep(mname, mod, pname, p):
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+
+@dataclass(frozen=True)
+class _Counts:
+    total: int
+    per: Mapping[str, int | None]  # first name -> nonzeros (None: not counted by the filter)
+    depth: int  # how many differences on top of a full count
+
+
+_MAX_DEPTH = 8  # a chain of differences longer than this is flattened into one dict
+
+
+class NonzeroCounter:
+    """A nonzero count over the distinct parameters that ``walk`` yields (``KMR.meter.nonzeros``,
+    ``KMR.prune.cost-meter``), incremental where ``KMR.meter.delta`` allows it.
+
+    Outside an analysis scope (``KMR.rule.analysis-scope``) every call counts the whole model, as
+    ``walk`` gives it. Inside one, the per-tensor counts of each model measured are kept for the
+    scope (weakly: they vanish with the model); a model with a derivation record whose parent's
+    counts are kept (or the parent, counted in full now and kept) is measured by recounting its
+    changed tensors only; the result equals the full count."""
+
+    def __init__(self, walk: Callable[[nn.Module], Iterable[tuple[str, torch.Tensor]]], keep: PrunableFilter,
+                 check: bool) -> None:
+        self.walk = walk
+        self.keep = keep
+        self.check = check  # the walk runs check_supported; the incremental path keeps that refusal
+        self.incremental = 0  # informative: how many measurements took the incremental path
+
+    def _full(self, model: nn.Module) -> _Counts:
+        per: dict[str, int | None] = {n: int(torch.count_nonzero(p.detach())) for n, p in self.walk(model)}
+        return _Counts(sum(c for c in per.values() if c is not None), per, 0)
+
+    def _one(self, model: nn.Module, name: str) -> int | None:
+        path, _, pname = name.rpartition(".")
+        mod = model.get_submodule(path) if path else model
+        p = mod._parameters.get(pname)
+        if p is None or not self.keep(path, mod, pname, p):
+            return None
+        return int(torch.count_nonzero(p.detach()))
+
+    def __call__(self, model: nn.Module) -> int:
+        scope = current_scope()
+        if scope is None:
+            return self._full(model).total
+        kept = scope.get("nonzero-counts", self)
+        if not isinstance(kept, weakref.WeakKeyDictionary):
+            kept = weakref.WeakKeyDictionary()
+            scope.put("nonzero-counts", self, kept)
+        hit = kept.get(model)
+        if hit is not None:
+            return int(hit.total)
+        d = derivation(model)  # KMR.meter.delta
+        if d is None or not isinstance(d[0], nn.Module):
+            counts = self._full(model)
+        else:
+            parent, changed = d
+            base = kept.get(parent)
+            if base is None:
+                base = kept[parent] = self._full(parent)
+            if self.check:
+                check_subnormals()  # KMR.rule.subnormals, as the full walk would
+            delta = {n: self._one(model, n) for n in changed}
+            total = base.total + sum(c or 0 for c in delta.values()) - sum(base.per.get(n) or 0 for n in changed)
+            per: Mapping[str, int | None] = ChainMap(delta, base.per)  # type: ignore[arg-type]
+            if base.depth + 1 > _MAX_DEPTH:
+                per = dict(per)
+            counts = _Counts(total, per, 0 if isinstance(per, dict) else base.depth + 1)
+            self.incremental += 1
+        kept[model] = counts
+        return counts.total
 
 
 def _as_tuple(x: Inputs) -> tuple[torch.Tensor, ...]:
@@ -125,9 +212,10 @@ def parameter_meter() -> CostMeter[nn.Module]:
 
 
 def nonzero_meter(keep: PrunableFilter = all_parameters) -> CostMeter[nn.Module]:
-    """``KMR.meter.nonzeros`` as a cost meter."""
-    fn: Callable[[nn.Module], int] = lambda m: nonzero_count(m, keep)  # noqa: E731
-    return CostMeter("nonzeros", fn, "nonzero parameters")
+    """``KMR.meter.nonzeros`` as a cost meter (incremental inside an analysis scope,
+    ``KMR.meter.delta``: equal to :func:`nonzero_count`)."""
+    return CostMeter("nonzeros", NonzeroCounter(lambda m: _unique_named(m, keep), keep, False),
+                     "nonzero parameters")
 
 
 def macs_meter(example_input: Inputs) -> CostMeter[nn.Module]:

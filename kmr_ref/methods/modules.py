@@ -1,22 +1,34 @@
 """Shared torch plumbing for rules: copy-on-write module trees and parameter order.
 
 ``KMR.rule.no-mutation``: rules build a new module tree whose module objects are fresh shallow
-copies, so replacing a parameter in the copy never touches the caller's module; tensors the rule
-does not change are shared (not copied).
+copies (:func:`clone_tree`), or only those on the paths to the parameters they change
+(:func:`copy_paths`, ``KMR.rule.path-copy``), so replacing a parameter in the copy never touches
+the caller's module; tensors (and, with path copies, modules) the rule does not change are shared.
 """
 
 from __future__ import annotations
 
 import copy
+import copyreg
 import fnmatch
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
 from kmr_ref.core.errors import RuleInputError
+from kmr_ref.core.rules import current_scope
+
+
+def check_subnormals() -> None:
+    """``KMR.rule.subnormals``: with flush-to-zero on, |w| and fp32 products lose subnormals and
+    results would differ from the spec's bit-exact ones."""
+    if float(torch.tensor(1e-310, dtype=torch.float64).abs()) == 0.0:
+        raise RuleInputError("KMR.rule.subnormals", "torch.set_flush_denormal(True) is on; the rules need "
+                                                    "subnormals kept (call torch.set_flush_denormal(False))")
 
 
 def check_supported(model: nn.Module) -> None:
@@ -25,11 +37,7 @@ def check_supported(model: nn.Module) -> None:
     modules pruned by ``torch.nn.utils.prune`` (``<name>_orig`` + ``<name>_mask``) or old-style
     ``weight_norm`` (``<name>_g`` + ``<name>_v`` recomputed by a hook), and lazy modules whose
     parameters are not yet initialized."""
-    # KMR.rule.subnormals: with flush-to-zero on, |w| and fp32 products lose subnormals and results
-    # would differ from the spec's bit-exact ones
-    if float(torch.tensor(1e-310, dtype=torch.float64).abs()) == 0.0:
-        raise RuleInputError("KMR.rule.subnormals", "torch.set_flush_denormal(True) is on; the rules need "
-                                                    "subnormals kept (call torch.set_flush_denormal(False))")
+    check_subnormals()
     for name, mod in model.named_modules():
         where = name or "<root>"
         if "parametrizations" in mod._modules:
@@ -45,6 +53,47 @@ def check_supported(model: nn.Module) -> None:
                                      f"{where} uses weight_norm ({pname}); call remove_weight_norm first")
 
 
+_PLAIN: dict[type, bool] = {}
+
+
+def _plain_class(cls: type) -> bool:
+    """Whether ``copy.copy`` of an instance of ``cls`` is exactly ``cls.__new__`` + ``__setstate__``
+    of its ``__getstate__`` (no class-level copy or reduce hooks of its own)."""
+    ok = _PLAIN.get(cls)
+    if ok is None:
+        ok = _PLAIN[cls] = (getattr(cls, "__copy__", None) is None and cls not in copyreg.dispatch_table
+                            and getattr(cls, "__reduce_ex__", None) is object.__reduce_ex__
+                            and getattr(cls, "__reduce__", None) is object.__reduce__
+                            and not hasattr(cls, "__getnewargs_ex__") and not hasattr(cls, "__getnewargs__"))
+    return ok
+
+
+def _shallow(m: nn.Module) -> nn.Module:
+    """``copy.copy(m)``, without its attribute probes (each a ``Module.__getattr__`` miss) for the
+    usual module classes."""
+    cls = type(m)
+    if not _plain_class(cls):
+        return copy.copy(m)
+    c: nn.Module = cls.__new__(cls)
+    c.__setstate__(m.__getstate__())  # type: ignore[no-untyped-call]  # what copy.copy does: reduce_ex(4), then the state
+    return c
+
+
+def copy_module(m: nn.Module) -> nn.Module:
+    """A shallow copy of one module: every dict and set of its own state (parameters, buffers,
+    children, all hook tables, the non-persistent buffer set) gets its own container in the copy;
+    the tensors and the child modules are the same objects."""
+    c = _shallow(m)
+    for attr, d in m.__dict__.items():
+        if isinstance(d, OrderedDict):
+            c.__dict__[attr] = OrderedDict(d)
+        elif isinstance(d, dict):
+            c.__dict__[attr] = dict(d)
+        elif isinstance(d, set):
+            c.__dict__[attr] = set(d)
+    return c
+
+
 def clone_tree(module: nn.Module) -> nn.Module:
     """A new module tree: every module object is a shallow copy with its own parameter, buffer,
     child and hook dicts; the tensors themselves are shared."""
@@ -53,17 +102,8 @@ def clone_tree(module: nn.Module) -> nn.Module:
     def rec(m: nn.Module) -> nn.Module:
         if id(m) in memo:  # a module reachable twice stays shared in the copy
             return memo[id(m)]
-        c = copy.copy(m)
+        c = copy_module(m)
         memo[id(m)] = c
-        # every dict and set of the module's own state (parameters, buffers, children, all hook
-        # tables, the non-persistent buffer set) gets its own container in the copy
-        for attr, d in m.__dict__.items():
-            if isinstance(d, OrderedDict):
-                c.__dict__[attr] = OrderedDict(d)
-            elif isinstance(d, dict):
-                c.__dict__[attr] = dict(d)
-            elif isinstance(d, set):
-                c.__dict__[attr] = set(d)
         for name, child in m._modules.items():
             c._modules[name] = None if child is None else rec(child)
         return c
@@ -90,6 +130,73 @@ def set_submodule(root: nn.Module, qualified: str, new: nn.Module) -> None:
     *path, leaf = qualified.split(".")
     parent = root.get_submodule(".".join(path)) if path else root
     parent._modules[leaf] = new
+
+
+@dataclass(frozen=True)
+class TreeIndex:
+    """One walk of a supported module tree (``KMR.rule.unsupported-module`` checked): for every
+    module object its parents (parent module, child key) and for every parameter object its
+    holders (module, parameter key), each module object visited once."""
+
+    root: nn.Module
+    parents: dict[int, list[tuple[nn.Module, str]]]
+    holders: dict[int, list[tuple[nn.Module, str]]]
+
+
+def tree_index(model: nn.Module) -> TreeIndex:
+    """The :class:`TreeIndex` of ``model``; inside an analysis scope (``KMR.rule.analysis-scope``)
+    computed once per model object and kept, the support check included (the subnormal check,
+    global state, runs at every call)."""
+    scope = current_scope()
+    if scope is not None:
+        hit = scope.get("tree-index", model)
+        if isinstance(hit, TreeIndex):
+            check_subnormals()  # KMR.rule.subnormals
+            return hit
+    check_supported(model)  # KMR.rule.unsupported-module, once per call (or per scope)
+    parents: dict[int, list[tuple[nn.Module, str]]] = {}
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for mod in model.modules():
+        for key, child in mod._modules.items():
+            if child is not None:
+                parents.setdefault(id(child), []).append((mod, key))
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((mod, pname))
+    idx = TreeIndex(model, parents, holders)
+    if scope is not None:
+        scope.put("tree-index", model, idx)
+    return idx
+
+
+def copy_paths(index: TreeIndex, targets: Iterable[nn.Module]) -> tuple[nn.Module, dict[int, nn.Module]]:
+    """``KMR.rule.path-copy``: a new root in which every module on a path from the root to one of
+    ``targets`` is a fresh :func:`copy_module` copy, linked to the copies of its children on those
+    paths; every other submodule object is shared with ``index.root``. Returns the new root and the
+    copies by ``id`` of their original."""
+    need: dict[int, nn.Module] = {}
+    stack = list(targets)
+    while stack:  # the targets and all their ancestors (a module reachable twice: every path)
+        m = stack.pop()
+        if id(m) in need:
+            continue
+        need[id(m)] = m
+        stack.extend(parent for parent, _ in index.parents.get(id(m), ()))
+    need[id(index.root)] = index.root  # the root is always a new object
+    copies = {i: copy_module(m) for i, m in need.items()}
+    for i in need:  # link each copy into the copies of its parents (the parents of a copy are copied)
+        for parent, key in index.parents.get(i, ()):
+            copies[id(parent)]._modules[key] = copies[i]
+    return copies[id(index.root)], copies
+
+
+def replace_parameter(index: TreeIndex, copies: dict[int, nn.Module], old: torch.Tensor,
+                      value: torch.Tensor) -> None:
+    """Put ``value`` (as one new parameter, ``requires_grad`` as ``old``'s) wherever ``old`` is held,
+    in the copies made by :func:`copy_paths` (tied weights stay tied)."""
+    new = nn.Parameter(value, requires_grad=old.requires_grad)
+    for mod, pname in index.holders[id(old)]:
+        copies[id(mod)]._parameters[pname] = new
 
 
 PrunableFilter = Callable[[str, nn.Module, str, torch.Tensor], bool]
@@ -155,16 +262,20 @@ Empty = Literal["skip", "refuse"]
 
 
 def selected_parameters(model: nn.Module, default: PrunableFilter, include: Patterns | None,
-                        exclude: Patterns, where: str, empty: Empty = "skip") -> list[tuple[str, torch.Tensor]]:
+                        exclude: Patterns, where: str, empty: Empty = "skip", *,
+                        checked: bool = False) -> list[tuple[str, torch.Tensor]]:
     """The parameters a prune/quantize rule acts on, in ``KMR.prune.tensor-order``: the default
     filter's or the include patterns' choice less the exclude patterns' (``select_names``), with
     zero-size tensors left out (``KMR.select.zero-size``; ``empty="refuse"`` keeps them, for the
-    input checks of spec 0.1.0 to refuse them)."""
-    every = list(ordered_parameters(model, any_parameter))
+    input checks of spec 0.1.0 to refuse them). ``checked``: the caller has just run
+    ``check_supported`` on ``model`` (it is not run again)."""
+    if not checked:
+        check_supported(model)  # KMR.rule.unsupported-module
     if include is None and not exclude:
-        chosen = list(ordered_parameters(model, default))
+        chosen = list(ordered_parameters(model, default, checked=True))
     else:
-        default_names = [n for n, _ in ordered_parameters(model, default)]
+        every = list(ordered_parameters(model, any_parameter, checked=True))
+        default_names = [n for n, _ in ordered_parameters(model, default, checked=True)]
         keep = set(select_names([n for n, _ in every], default_names, include, exclude, where))
         chosen = [(n, t) for n, t in every if n in keep]
     if empty == "refuse":
@@ -172,11 +283,14 @@ def selected_parameters(model: nn.Module, default: PrunableFilter, include: Patt
     return [(n, t) for n, t in chosen if t.numel() > 0]  # KMR.select.zero-size: skipped, not fatal
 
 
-def ordered_parameters(model: nn.Module, keep: PrunableFilter) -> Iterator[tuple[str, torch.Tensor]]:
+def ordered_parameters(model: nn.Module, keep: PrunableFilter, *,
+                       checked: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """``KMR.prune.tensor-order``: parameters in ``named_modules()`` depth-first registration order,
     each module's own parameters in registration order, a shared tensor once at its first name
-    (its first holder alone decides whether it is selected)."""
-    check_supported(model)  # KMR.rule.unsupported-module
+    (its first holder alone decides whether it is selected). ``checked``: the caller has run
+    ``check_supported`` on ``model``."""
+    if not checked:
+        check_supported(model)  # KMR.rule.unsupported-module
     seen: set[int] = set()
     for mname, mod in model.named_modules(remove_duplicate=True):
         for pname, p in mod._parameters.items():
