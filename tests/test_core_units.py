@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -373,3 +374,27 @@ def test_to_exact_messages_and_numpy_integers() -> None:
     for x in (np.int64(7), np.uint8(7), np.int32(-7)):
         q = to_exact(x, clause="KMR.x.y", error=BudgetError, what="v")
         assert q == int(x) and type(q) is int
+
+
+class _Ratio:
+    """A rational number type of another library: registered as a numbers.Rational (as e.g.
+    gmpy2.mpq is), neither an int nor a Fraction."""
+
+    def __init__(self, p: int, q: int) -> None:
+        self.numerator, self.denominator = p, q
+
+
+numbers.Rational.register(_Ratio)
+
+
+def test_to_exact_other_rationals_and_int_range_messages() -> None:
+    """KMR.exact.binary64 KMR.knob.domain-int: another library's rational becomes the exact
+    Fraction p/q (an int when q = 1); an integer range names a non-integer and a value outside."""
+    q = to_exact(_Ratio(6, 4), clause="KMR.x.y", error=BudgetError, what="v")
+    assert q == Fraction(3, 2) and type(q) is Fraction
+    q = to_exact(_Ratio(8, 4), clause="KMR.x.y", error=BudgetError, what="v")
+    assert q == 2 and type(q) is int
+    assert str(_err(IntRange(0, 5).normalize, "x")) == "[KMR.knob.domain-int] 'x' is not an integer"
+    assert str(_err(IntRange(0, 5).normalize, 9)) == "[KMR.knob.domain-int] 9 is outside [0, 5]"
+    assert str(_err(IntRange(0, 5).normalize, Fraction(1, 2))) == \
+        "[KMR.knob.domain-int] Fraction(1, 2) is not an integer"
