@@ -51,7 +51,8 @@ def test_schema_is_valid_and_matches_the_dataclasses() -> None:
         fields = set(cls.__dataclass_fields__) - {"method"}
         assert keys == fields, method
     assert set(s["properties"]["meter"]["enum"]) == {"nonzeros", "params", "storage_bits",
-                                                      "composed_storage_bits", "macs"}
+                                                      "composed_storage_bits", "macs",
+                                                      "trained_params", "expected_macs"}  # training methods
 
 
 @pytest.mark.parametrize(("path", "value", "clause", "words"), [

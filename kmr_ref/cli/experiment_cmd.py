@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENTS = ("e1", "e2", "e3", "e4")  # "all"; real-models (minutes, loads MiniLM and EfficientNet) runs alone
+ALONE: tuple[str, ...] = ("distill-minilm", "distill-prune-quantize")  # the training methods' figures (each runs alone)
+ALONE += ("structured",)  # issue 12: structured pruning on the real models (minutes)
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "experiment", help="regenerate an experiment's table, plot and JSON (docs/results/ by default)")
-    p.add_argument("name", choices=[*EXPERIMENTS, "all", "real-models"])
+    p.add_argument("name", choices=[*EXPERIMENTS, "all", "real-models", *ALONE])
     p.add_argument("--out", type=Path, default=None, help="output folder (default: docs/results/ of the checkout)")
     p.add_argument("--model", choices=["digits", "minilm"], default="digits",
                    help="test bed: the digits CNN (default) or MiniLM-L6 (e1, e2; minutes; outside the default tests)")
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from kmr_ref.experiments.common import RESULTS
 
     out = args.out if args.out is not None else RESULTS
-    todo = EXPERIMENTS if args.name == "all" else (args.name,)
+    todo: tuple[str, ...] = EXPERIMENTS if args.name == "all" else (args.name,)
     if args.name == "all" and args.model != "digits":
         todo = ("e1", "e2")  # the experiments with a MiniLM variant
     for name in todo:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from torch import nn
 
 from kmr_ref.compress.config import SPEC_VERSION
 from kmr_ref.core.errors import KMRError
+from kmr_ref.methods.early_exit import EarlyExit
+from kmr_ref.methods.lora import LoRALinear
 from kmr_ref.methods.lowrank import LowRankFactors
 from kmr_ref.methods.quantization import (
     CODES_SUFFIX,
@@ -134,6 +137,7 @@ def module_changes(new: nn.Module, base: nn.Module) -> tuple[list[dict[str, Any]
     base_mods = dict(base.named_modules(remove_duplicate=False))
     out: list[dict[str, Any]] = []
     replaced: list[str] = []
+    truncated: dict[str, int] = {}
     for path, m in new.named_modules(remove_duplicate=False):
         if any(path.startswith(r + ".") for r in replaced):
             continue
@@ -146,8 +150,16 @@ def module_changes(new: nn.Module, base: nn.Module) -> tuple[list[dict[str, Any]
             out.append({"path": path, "kind": "heads", "spec": m.spec()})
             replaced.append(path)
             continue
+        if isinstance(m, LoRALinear) and type(b) is nn.Linear and path:  # KMR.compress.training-artifacts
+            out.append({"path": path, "kind": "lora", "rank": m.rank, "layer": _layer_spec(m.base)})
+            replaced.append(path)
+            continue
         if b is None or type(b) is not type(m):
             return [], f"module {path!r} is a {type(m).__name__}, M_0 has {type(b).__name__}"
+        if isinstance(m, nn.ModuleList | nn.Sequential) and len(m) < len(b) \
+                and list(m._modules) == [str(i) for i in range(len(m))]:  # KMR.distill.layers-init: fewer layers
+            out.append({"path": path, "kind": "truncate", "length": len(m)})
+            truncated[path] = len(m)
         attrs = {a: getattr(m, a) for a in _SIZE_ATTRS if hasattr(m, a) and getattr(m, a) != getattr(b, a)}
         shapes: dict[str, list[int]] = {}
         for leaf, t in [*m._parameters.items(), *m._buffers.items()]:
@@ -156,7 +168,38 @@ def module_changes(new: nn.Module, base: nn.Module) -> tuple[list[dict[str, Any]
                 shapes[leaf] = list(t.shape)
         if attrs or shapes:
             out.append({"path": path, "kind": "resize", "attrs": attrs, "tensors": shapes})
+    have = {p for p, _ in new.named_modules(remove_duplicate=False)}
+    for path in base_mods:  # KMR.compress.training-artifacts: a module M_0 lost must be a recorded change
+        if path in have or any(path.startswith(r + ".") for r in replaced):
+            continue
+        parent, _, idx = path.rpartition(".")
+        for t, length in truncated.items():
+            pre = t + "." if t else ""
+            child = path[len(pre):].split(".")[0] if path.startswith(pre) else ""
+            if child.isdigit() and int(child) >= length:
+                break
+        else:
+            return [], f"module {path!r} of M_0 is missing from the model (parent {parent!r}, {idx!r})"
     return out, None
+
+
+def _exit_change(model: EarlyExit) -> dict[str, Any]:
+    """``KMR.exit.model``: what rebuilds an ``EarlyExit`` around the rebuilt backbone."""
+    heads = []
+    for p in model.positions:
+        head = model.heads[str(p)]
+        assert isinstance(head, nn.Sequential) and isinstance(head[1], nn.Linear)
+        heads.append(_layer_spec(head[1]))
+    return {"path": "", "kind": "early-exit", "positions": list(model.positions),
+            "threshold": f"{model.threshold.numerator}/{model.threshold.denominator}", "heads": heads}
+
+
+def _wrap_exit(model: nn.Module, ch: dict[str, Any]) -> nn.Module:
+    if not isinstance(model, nn.Sequential):
+        raise LoadError(LOAD, "an early-exit run needs a Sequential base model")
+    heads = nn.ModuleDict({str(p): nn.Sequential(nn.Flatten(), _build_layer(spec, False))
+                           for p, spec in zip(ch["positions"], ch["heads"], strict=True)})
+    return EarlyExit(model, heads, tuple(ch["positions"]), Fraction(ch["threshold"]))
 
 
 def _apply_changes(model: nn.Module, changes: Sequence[dict[str, Any]]) -> None:
@@ -194,6 +237,21 @@ def _apply_changes(model: nn.Module, changes: Sequence[dict[str, Any]]) -> None:
                     mod._buffers[leaf] = torch.empty(shape, dtype=oldb.dtype)
                 else:
                     raise LoadError(LOAD, f"module {path!r} has no tensor {leaf!r}")
+        elif ch["kind"] == "lora":  # KMR.lora.adapter: the trained A and B are read from the file
+            lin = _build_layer(ch["layer"], False)
+            r = int(ch["rank"])
+            assert isinstance(lin, nn.Linear)
+            ad = LoRALinear(lin, torch.zeros(r, lin.in_features, dtype=lin.weight.dtype),
+                            torch.zeros(lin.out_features, r, dtype=lin.weight.dtype))
+            for p in ad.parameters():
+                p.requires_grad_(False)
+            *parent, leaf = path.split(".")
+            (model.get_submodule(".".join(parent)) if parent else model)._modules[leaf] = ad
+        elif ch["kind"] == "truncate":
+            for k in list(mod._modules)[int(ch["length"]):]:
+                del mod._modules[k]
+        elif ch["kind"] == "early-exit":
+            pass  # applied last, around the rebuilt backbone (load)
         else:
             raise LoadError(LOAD, f"unknown change kind {ch['kind']!r}")
 
@@ -319,7 +377,11 @@ def save_model(model: nn.Module, path: Path) -> None:
 def save_run(model: nn.Module, base: nn.Module, out: Path, factory: str | None, dense: bool = False) -> dict[str, Any]:
     """``KMR.compress.artifacts``: write ``model.safetensors`` (packed), ``manifest.json`` and,
     with ``dense``, ``model.dense.safetensors``; returns the manifest."""
-    changes, why = module_changes(model, base)
+    if isinstance(model, EarlyExit) and not isinstance(base, EarlyExit):  # KMR.exit.model
+        changes, why = module_changes(model.backbone, base)
+        changes = [*changes, _exit_change(model)]
+    else:
+        changes, why = module_changes(model, base)
     arrays, entries, aliases = packed_model(model)
     data = st_save(arrays, metadata={"format": FORMAT})
     manifest: dict[str, Any] = {
@@ -368,6 +430,9 @@ def load(run_dir: str | Path, model: nn.Module | None = None) -> nn.Module:
         raise LoadError(LOAD, f"the base model does not match the run's M_0 (names, dtypes or shapes differ: "
                               f"{diff[:6]})")
     _apply_changes(m, man["modules"])
+    for ch in man["modules"]:
+        if ch["kind"] == "early-exit":  # KMR.exit.model: the heads around the rebuilt backbone
+            m = _wrap_exit(m, ch)
     sd = m.state_dict(keep_vars=True)
     with safe_open(str(d / man["files"]["model"]), framework="pt") as f, torch.no_grad():
         for e in man["tensors"]:

@@ -25,7 +25,10 @@ from kmr_ref.compress.config import (
     CompressConfig,
     ConfigError,
     DistillMethod,
+    EarlyExitMethod,
+    EmbeddingDistillMethod,
     HeadsMethod,
+    LoRAMethod,
     LowRankMethod,
     MethodConfig,
     PhaseConfig,
@@ -40,7 +43,9 @@ from kmr_ref.core.knobs import FiniteDomain, IntRange, Knob, RealInterval
 from kmr_ref.core.meters import CostMeter
 from kmr_ref.core.policy import GreedyPolicy, Policy, Proposal, ScheduledPolicy, ladder_candidates
 from kmr_ref.core.rules import Rule
-from kmr_ref.methods.distillation import Distillation
+from kmr_ref.methods.distillation import Distillation, EmbeddingDistillation
+from kmr_ref.methods.early_exit import EarlyExitRule, check_exit_positions, expected_macs_meter
+from kmr_ref.methods.lora import LoRA, trained_parameter_meter
 from kmr_ref.methods.lowrank import LowRank
 from kmr_ref.methods.meters import macs_meter, nonzero_meter, parameter_meter
 from kmr_ref.methods.pruning import MagnitudePruning
@@ -127,6 +132,10 @@ def build_rule(pc: PhaseConfig | MethodConfig, model: nn.Module, where: str = "p
     if not isinstance(pc, PhaseConfig):
         pc = PhaseConfig(pc, ScheduledConfig((0,)))
     method = pc.method
+    if isinstance(method, EmbeddingDistillMethod | LoRAMethod | EarlyExitMethod):
+        if pc.include is not None or pc.exclude:
+            raise ConfigError(SELECT, f"{where}: {method.method} takes no include / exclude")
+        return build_training_rule(method, model, where)
     if isinstance(method, DistillMethod) and (pc.include is not None or pc.exclude):
         raise ConfigError(SELECT, f"{where}: distillation trains a whole new model; include / exclude do not apply")
     selected_names(pc, model, where)  # KMR.compress.select: every pattern must match a parameter of M_0
@@ -165,6 +174,49 @@ def build_distillation(method: DistillMethod) -> Rule[nn.Module]:
         raise ConfigError(METHODS, f"distillation: {e}") from None
 
 
+def _split(spec: str, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    split = import_object(spec, "data")()
+    if not (isinstance(split, tuple) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split)):
+        raise ConfigError(METHODS, f"{what}: data = {spec!r} must return a tuple of two tensors, "
+                                   f"got {type(split).__name__}")
+    return split[0], split[1]
+
+
+def build_training_rule(method: EmbeddingDistillMethod | LoRAMethod | EarlyExitMethod, model: nn.Module,
+                        where: str) -> Rule[nn.Module]:
+    """``KMR.compress.training-methods``: the embedding-distillation, LoRA and early-exit rules, their data
+    from ``data`` and every setting checked against M_0 before the run (``KMR.exit.positions``,
+    ``KMR.exit.backbone``, ``KMR.lora.targets``, ``KMR.distill.embedding-teacher``)."""
+    a, b = _split(method.data, method.method)
+    rule: Rule[nn.Module]
+    try:
+        if isinstance(method, EmbeddingDistillMethod):
+            try:
+                layers = model.get_submodule(method.layers_path)
+            except AttributeError:
+                layers = None
+            if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+                raise ConfigError("KMR.distill.embedding-teacher", f"{where}: the model has no non-empty "
+                                                                   f"nn.ModuleList {method.layers_path!r}")
+            # KMR.distill.layers-knob: 1 .. the layers of M_0 (a larger student is refused up front)
+            rule = EmbeddingDistillation(a, b, steps=method.steps, seed=method.seed, layers_path=method.layers_path,
+                                         max_layers=len(layers))
+        elif isinstance(method, LoRAMethod):
+            rule = LoRA(a, b, targets=method.targets, steps=method.steps, seed=method.seed)
+            mods = dict(model.named_modules())
+            for n in method.targets or ():  # KMR.lora.targets, before the run
+                if type(mods.get(n)) is not nn.Linear:
+                    raise ConfigError("KMR.lora.targets", f"{where}: target {n!r} is not an nn.Linear of the model")
+        else:
+            rule = EarlyExitRule(a, b, positions=method.positions, steps=method.steps, seed=method.seed)
+            check_exit_positions(model, rule.positions)  # KMR.exit.backbone, KMR.exit.positions
+    except ConfigError:
+        raise
+    except KMRError as e:
+        raise ConfigError(e.clause, f"{where}: {method.method}: {e.message}") from None
+    return rule
+
+
 # ---------------------------------------------------------------------------------------------
 # Meters and policies
 
@@ -179,6 +231,13 @@ def build_meter(name: str, example_input: object = None) -> CostMeter[nn.Module]
         return storage_meter()
     if name == "composed_storage_bits":
         return composed_storage_meter()
+    if name == "trained_params":
+        return trained_parameter_meter()  # KMR.lora.cost-meter
+    if name == "expected_macs":  # KMR.exit.cost-meter over the example input as the evaluation set
+        if not isinstance(example_input, torch.Tensor):
+            raise ConfigError(METERS, 'meter "expected_macs" needs an evaluation set: example_input = "module:fn" '
+                                      "returning one tensor of samples")
+        return expected_macs_meter(example_input)
     if name == "macs":
         if example_input is None:
             raise ConfigError(METERS, 'meter "macs" needs an example input (example_input = "module:fn" in TOML, '

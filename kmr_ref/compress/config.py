@@ -38,7 +38,8 @@ SELECT = "KMR.compress.select"
 OUTPUTS = "KMR.compress.outputs"
 TOML = "KMR.compress.toml"
 
-METER_NAMES = ("nonzeros", "params", "storage_bits", "composed_storage_bits", "macs")
+METER_NAMES = ("nonzeros", "params", "storage_bits", "composed_storage_bits", "macs",
+               "trained_params", "expected_macs")  # the last two: KMR.lora.cost-meter, KMR.exit.cost-meter
 BIT_METERS = ("storage_bits", "composed_storage_bits")  # meters whose unit is the bit
 
 # KMR.compress.pairs: (method, meter) -> why that meter cannot see what the method changes
@@ -53,7 +54,27 @@ POINTLESS: dict[tuple[str, str], str] = {
     ("quantize", "macs"): "MACs count operations, which quantized weights do not change",
 }
 
-MeterName = Literal["nonzeros", "params", "storage_bits", "composed_storage_bits", "macs"]
+# KMR.compress.pairs, the training methods and meters: LoRA adds adapters (only trained_params
+# falls), exit heads add parameters and MACs (only expected_macs falls); pruning and quantization
+# change neither the parameter count nor the dense MACs.
+_ADDS = "LoRA adds adapter parameters and operations: this meter only rises (use trained_params)"
+_HEADS = "exit heads add parameters and operations: this meter only rises (use expected_macs)"
+POINTLESS |= {("lora", m): _ADDS for m in ("nonzeros", "params", "storage_bits", "composed_storage_bits", "macs",
+                                           "expected_macs")}
+POINTLESS |= {("early-exit", m): _HEADS for m in ("nonzeros", "params", "storage_bits", "composed_storage_bits",
+                                                  "macs", "trained_params")}
+POINTLESS |= {
+    ("prune", "trained_params"): "unstructured pruning removes no parameter: the parameter count never falls",
+    ("quantize", "trained_params"): "quantization changes no parameter count",
+    ("prune", "expected_macs"): "expected MACs count the dense operations of every layer; zeroed entries still count",
+    ("quantize", "expected_macs"): "MACs count operations, which quantized weights do not change",
+    ("lowrank", "expected_macs"): "a factorized layer is not a Conv2d or Linear layer of a Sequential backbone "
+                                  "(KMR.exit.backbone): expected MACs cannot be counted",
+    ("embedding-distillation", "expected_macs"): "a transformer is not a Sequential backbone (KMR.exit.backbone)",
+}
+
+MeterName = Literal["nonzeros", "params", "storage_bits", "composed_storage_bits", "macs", "trained_params",
+                    "expected_macs"]
 
 
 class ConfigError(KMRError, ValueError):
@@ -168,7 +189,79 @@ class DistillMethod:
         check_import_path("student", self.student)
 
 
-MethodConfig = PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod | DistillMethod | HeadsMethod
+@dataclass(frozen=True)
+class EmbeddingDistillMethod:
+    """``embedding-distillation``: :class:`~kmr_ref.methods.distillation.EmbeddingDistillation`
+    (knob ``layers``; ``spec/methods/distillation.md``, ``KMR.distill.layers-knob ff.``). ``data`` is a
+    ``"module:attr"`` import path of a zero-argument function returning ``(input_ids,
+    attention_mask)`` of the training sentences; ``layers_path`` names the model's layer list."""
+
+    steps: int = 40
+    seed: int = 0
+    data: str = "kmr_ref.models.minilm:train_inputs"
+    layers_path: str = "bert.encoder.layer"
+    method: Literal["embedding-distillation"] = field(default="embedding-distillation", init=False)
+
+    def __post_init__(self) -> None:  # KMR.compress.methods: the settings of KMR.distill.layers-settings
+        int_in("steps", self.steps, 1, 10**9, "embedding-distillation")
+        int_in("seed", self.seed, 0, 2**63 - 1, "embedding-distillation")
+        check_import_path("data", self.data)
+        if not isinstance(self.layers_path, str) or not self.layers_path:
+            raise ConfigError(METHODS, f"embedding-distillation: layers_path must be a module name, "
+                                       f"got {self.layers_path!r}")
+
+
+@dataclass(frozen=True)
+class LoRAMethod:
+    """``lora``: :class:`~kmr_ref.methods.lora.LoRA` (knob ``rank``; ``spec/methods/lora.md``).
+    ``data`` is the import path of a zero-argument function returning the task split ``(x, y)``;
+    ``targets`` the module names to adapt (None: every ``nn.Linear``, ``KMR.lora.targets``)."""
+
+    steps: int = 300
+    seed: int = 0
+    data: str = "kmr_ref.examples.shifted_digits:rotated_train"
+    targets: Sequence[str] | None = None  # a list is stored as a tuple
+    method: Literal["lora"] = field(default="lora", init=False)
+
+    def __post_init__(self) -> None:  # KMR.compress.methods: the settings of KMR.lora.settings
+        int_in("steps", self.steps, 1, 10**9, "lora")
+        int_in("seed", self.seed, 0, 2**63 - 1, "lora")
+        check_import_path("data", self.data)
+        if isinstance(self.targets, list):
+            object.__setattr__(self, "targets", tuple(self.targets))
+        t = self.targets
+        if t is not None and (not isinstance(t, tuple) or not t or not all(isinstance(n, str) for n in t)):
+            raise ConfigError(METHODS, f"lora: targets must be a non-empty list of module names, got {t!r}")
+
+
+@dataclass(frozen=True)
+class EarlyExitMethod:
+    """``early-exit``: :class:`~kmr_ref.methods.early_exit.EarlyExitRule` (knob ``threshold``;
+    ``spec/methods/early_exit.md``). ``positions`` are the backbone layers the heads follow (each
+    checked against M_0 before the run, ``KMR.exit.positions``); ``data`` the import path of a
+    zero-argument function returning the head-training split ``(x, y)``."""
+
+    positions: Sequence[int] = (1, 4)  # a list is stored as a tuple
+    steps: int = 200
+    seed: int = 0
+    data: str = "kmr_ref.examples.shifted_digits:digits_train"
+    method: Literal["early-exit"] = field(default="early-exit", init=False)
+
+    def __post_init__(self) -> None:  # KMR.compress.methods: the settings of KMR.exit.settings
+        if isinstance(self.positions, list):
+            object.__setattr__(self, "positions", tuple(self.positions))
+        pos = self.positions
+        if (not isinstance(pos, tuple) or not pos or any(isinstance(p, bool) or not isinstance(p, int) for p in pos)
+                or list(pos) != sorted(set(pos))):
+            raise ConfigError("KMR.exit.positions", f"early-exit: positions must be distinct ascending integers, "
+                                                    f"got {pos!r}")
+        int_in("steps", self.steps, 1, 10**9, "early-exit")
+        int_in("seed", self.seed, 0, 2**63 - 1, "early-exit")
+        check_import_path("data", self.data)
+
+
+MethodConfig = PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod | DistillMethod | HeadsMethod \
+    | EmbeddingDistillMethod | LoRAMethod | EarlyExitMethod
 METHOD_TYPES: dict[str, type[MethodConfig]] = {
     "prune": PruneMethod, "quantize": QuantizeMethod, "structured": StructuredMethod, "lowrank": LowRankMethod,
     "distillation": DistillMethod,
@@ -185,6 +278,11 @@ DEFAULT_KNOB["heads"] = "fraction"
 # KMR.compress.policies: greedy "per-layer" = these knobs, one per layer or tensor
 PER_LAYER_PREFIX = {"prune": "sparsity@", "quantize": "bits@", "structured": "fraction@", "lowrank": "energy@"}
 PER_LAYER_PREFIX["heads"] = "fraction@"
+# KMR.compress.training-methods (spec/methods/{distillation,lora,early_exit}.md): no per-layer knobs
+METHOD_TYPES |= {"embedding-distillation": EmbeddingDistillMethod, "lora": LoRAMethod, "early-exit": EarlyExitMethod}
+METHOD_KEYS |= {"embedding-distillation": ("steps", "seed", "data", "layers_path"),
+                "lora": ("steps", "seed", "data", "targets"), "early-exit": ("positions", "steps", "seed", "data")}
+DEFAULT_KNOB |= {"embedding-distillation": "layers", "lora": "rank", "early-exit": "threshold"}
 
 
 @dataclass(frozen=True)
@@ -238,8 +336,7 @@ class PhaseConfig:
     exclude: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, PruneMethod | QuantizeMethod | StructuredMethod | LowRankMethod
-                          | DistillMethod | HeadsMethod):
+        if not isinstance(self.method, tuple(METHOD_TYPES.values())):
             raise ConfigError(CONFIG, f"phase method must be one of {sorted(METHOD_TYPES)}, got {self.method!r}")
         if not isinstance(self.policy, ScheduledConfig | GreedyConfig):
             raise ConfigError(CONFIG, f"phase policy must be scheduled or greedy, got {self.policy!r}")

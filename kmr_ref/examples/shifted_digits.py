@@ -41,3 +41,15 @@ def digits_train() -> tuple[torch.Tensor, torch.Tensor]:
     """The upright digits' training split ``(x, y)`` (``digits.load(0).train``), for distillation."""
     s = _upright().train
     return s.x, s.y
+
+
+def rotated_train() -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotated digits' training split ``(x, y)`` (``KMR.lora.task``), for a LoRA phase."""
+    s = load(0).train
+    return s.x, s.y
+
+
+def digits_val_inputs() -> torch.Tensor:
+    """The upright digits' validation images: the evaluation set of the ``expected_macs`` meter
+    (``KMR.exit.cost-meter``) of an early-exit phase."""
+    return _upright().val.x

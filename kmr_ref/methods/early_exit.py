@@ -89,6 +89,19 @@ def _check_backbone(model: nn.Module) -> nn.Sequential:
     return model
 
 
+def check_exit_positions(model: nn.Module, positions: Sequence[int]) -> nn.Sequential:
+    """``KMR.exit.backbone`` and ``KMR.exit.positions`` for ``model`` (or an ``EarlyExit``'s
+    backbone): the backbone, when every position p has a layer after it (0 <= p <= L - 2)."""
+    backbone = _check_backbone(model.backbone if isinstance(model, EarlyExit) else model)
+    check_model(backbone, "KMR.exit.backbone")
+    for p in positions:  # KMR.exit.positions: a position after which a layer still follows
+        if not 0 <= p < len(backbone) - 1:
+            last = len(backbone) - 1
+            raise KnobDomainError("KMR.exit.positions", f"exit position {p} does not exist: the backbone has "
+                                  f"layers 0..{last}, and a head goes after layer 0..{last - 1}")
+    return backbone
+
+
 @dataclass(frozen=True, eq=False)
 class EarlyExitRule:
     """The early-exit rule (``KMR.exit.*``): knob ``threshold`` θ ∈ [0, 1] (grid 1/20); exit
@@ -119,13 +132,7 @@ class EarlyExitRule:
         if isinstance(model, EarlyExit) and model.positions == self.positions:
             # KMR.exit.reuse: the heads stay (shared), only θ changes
             return EarlyExit(model.backbone, model.heads, model.positions, theta)
-        backbone = _check_backbone(model.backbone if isinstance(model, EarlyExit) else model)
-        check_model(backbone, "KMR.exit.backbone")
-        for p in self.positions:  # KMR.exit.positions: a position after which a layer still follows
-            if not 0 <= p < len(backbone) - 1:
-                last = len(backbone) - 1
-                raise KnobDomainError("KMR.exit.positions", f"exit position {p} does not exist: the backbone has "
-                                      f"layers 0..{last}, and a head goes after layer 0..{last - 1}")
+        backbone = check_exit_positions(model, self.positions)
         frozen = clone_tree(backbone).eval()  # KMR.rule.no-mutation: the caller's flags stay
         assert isinstance(frozen, nn.Sequential)
         with deterministic(self.seed):
@@ -208,5 +215,5 @@ def expected_macs_meter(x_eval: torch.Tensor) -> CostMeter[nn.Module]:
     return CostMeter("expected_macs", lambda m: expected_macs(m, x_eval), "MACs per sample")
 
 
-__all__ = ["THRESHOLD", "EarlyExit", "EarlyExitRule", "exceeds", "exit_costs", "expected_macs",
+__all__ = ["THRESHOLD", "EarlyExit", "EarlyExitRule", "check_exit_positions", "exceeds", "exit_costs", "expected_macs",
            "expected_macs_meter", "layer_macs"]

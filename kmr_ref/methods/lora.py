@@ -21,7 +21,15 @@ from kmr_ref.core.knobs import IntRange, Knob, KnobValue, find_knob
 from kmr_ref.core.meters import CostMeter
 from kmr_ref.methods.meters import parameter_count
 from kmr_ref.methods.modules import clone_tree, set_submodule
-from kmr_ref.methods.training import check_model, check_seed, check_steps, deterministic, fit, freeze
+from kmr_ref.methods.training import (
+    check_model,
+    check_seed,
+    check_steps,
+    deterministic,
+    fit,
+    freeze,
+    frozen_copy,
+)
 
 RANK = "rank"
 MAX_RANK = 64
@@ -46,15 +54,7 @@ class LoRALinear(nn.Module):
         return y
 
 
-def _frozen_copy(m: nn.Module) -> nn.Module:
-    """A clone whose parameters are new ``Parameter`` objects over the same storage with
-    ``requires_grad=False`` (the caller's parameters keep their flags: ``KMR.rule.no-mutation``)."""
-    out = clone_tree(m)
-    for mod in out.modules():
-        for k, p in list(mod._parameters.items()):
-            if p is not None:
-                mod._parameters[k] = nn.Parameter(p.detach(), requires_grad=False)
-    return out
+_frozen_copy = frozen_copy
 
 
 def strip_adapters(model: nn.Module) -> nn.Module:

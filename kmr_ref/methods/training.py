@@ -61,15 +61,29 @@ def batch_order(n: int, steps: int, seed: int, batch: int = BATCH) -> list[torch
 
 
 def fit(params: Sequence[nn.Parameter], loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, steps: int,
-        seed: int) -> None:
-    """``KMR.train.optimizer``: Adam (lr 3e-3, torch's default betas and eps, no weight decay) on
-    ``params``, one step per batch of :func:`batch_order`; ``loss_of(idx)`` is the batch loss."""
-    opt = torch.optim.Adam(list(params), lr=LR)
+        seed: int, lr: float = LR) -> None:
+    """``KMR.train.optimizer``: Adam (lr 3e-3 unless a rule states another, torch's default betas
+    and eps, no weight decay) on ``params``, one step per batch of :func:`batch_order`;
+    ``loss_of(idx)`` is the batch loss."""
+    opt = torch.optim.Adam(list(params), lr=lr)
     for idx in batch_order(n, steps, seed):  # KMR.train.order
         opt.zero_grad(set_to_none=True)
         loss = loss_of(idx)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
+
+
+def frozen_copy(m: nn.Module) -> nn.Module:
+    """A copy-on-write clone whose parameters are new ``Parameter`` objects over the same storage
+    with ``requires_grad=False`` (the caller's parameters keep their flags: ``KMR.rule.no-mutation``)."""
+    from kmr_ref.methods.modules import clone_tree
+
+    out = clone_tree(m)
+    for mod in out.modules():
+        for k, p in list(mod._parameters.items()):
+            if p is not None:
+                mod._parameters[k] = nn.Parameter(p.detach(), requires_grad=False)
+    return out
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -160,3 +160,54 @@ def example_input(batch: int = 2, tokens: int = 16) -> tuple[torch.Tensor, torch
     w = min(tokens, ids.shape[1])
     out_ids[:, :w], out_mask[:, :w] = ids[:, :w], mask[:, :w]
     return out_ids, out_mask
+
+
+# ---------------------------------------------------------------------------------------------
+# The distillation split (spec/methods/distillation.md, KMR.distill.minilm-split)
+
+HELDOUT_EVERY = 5  # KMR.distill.minilm-split: line i is held out when i % 5 == 4
+
+
+def split() -> tuple[list[int], list[int]]:
+    """``KMR.distill.minilm-split``: the line indices (0-based, in ``sentences()`` order) of the
+    training sentences (i % 5 != 4: 275 of 343) and of the held-out ones (i % 5 == 4: 68)."""
+    n = len(sentences())
+    held = [i for i in range(n) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1]
+    return [i for i in range(n) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1], held
+
+
+def train_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """``KMR.distill.minilm-split``: ``(input_ids, attention_mask)`` of the training sentences in
+    line order, tokenized as :func:`tokenize` (right-padded with 0 to the longest of them)."""
+    texts = sentences()
+    return tokenize([texts[i] for i in split()[0]])
+
+
+@functools.cache
+def _heldout_batches() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    texts = sentences()
+    held = split()[1]
+    return tuple(tokenize([texts[i] for i in held[s: s + BATCH]]) for s in range(0, len(held), BATCH))
+
+
+def embed_heldout(model: nn.Module) -> torch.Tensor:
+    """The embeddings of the held-out sentences in line order, float32, eval mode, no autograd, on
+    a copy of the module flags; in chunks of 64 consecutive held-out lines, each padded to its longest."""
+    from kmr_ref.methods.modules import clone_tree
+
+    m = clone_tree(model).eval()
+    with torch.no_grad():
+        return torch.cat([m(ids, mask).to(torch.float32) for ids, mask in _heldout_batches()])
+
+
+@functools.cache
+def _heldout_reference() -> torch.Tensor:
+    return embed_heldout(_pristine())
+
+
+def heldout_agreement(model: nn.Module) -> float:
+    """``KMR.distill.minilm-quality``: mean over the 68 held-out sentences of the cosine similarity
+    (binary64) between ``model``'s embedding and the uncompressed model's (always the pristine load)."""
+    ref = _heldout_reference().to(torch.float64)
+    got = embed_heldout(model).to(torch.float64)
+    return float(nn.functional.cosine_similarity(got, ref, dim=1, eps=1e-12).mean())
