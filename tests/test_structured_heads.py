@@ -446,3 +446,44 @@ def test_random_encoders_run_and_are_monotone(e_per_head: int, heads: int, ff: i
         assert torch.isfinite(b(x)).all()
     assert parameter_count(b) <= parameter_count(a) <= parameter_count(enc)
     assert macs(b, x) <= macs(a, x)
+
+
+def test_config_options_and_greedy_per_layer(tmp_path: Path) -> None:
+    # KMR.compress.methods: method heads and its options; KMR.compress.policies: greedy per-layer
+    # climbs fraction@<site>
+    from kmr_ref.compress import ConfigError
+
+    base = {"meter": "params", "budget_fraction": "9/10"}
+    for bad, clause in (({"unit": "blocks"}, "KMR.compress.methods"), ({"p": 3}, "KMR.compress.methods"),
+                        ({"graph": True}, "KMR.compress.config")):
+        with pytest.raises(ConfigError) as ei:
+            CompressConfig.from_dict({**base, "phases": [{"method": "heads", **bad,
+                                                          "policy": {"type": "scheduled", "values": ["1/2"]}}]})
+        assert ei.value.clause == clause
+    cfg = CompressConfig.from_dict({**base, "phases": [{"method": "heads", "unit": "neurons",
+                                                        "policy": {"type": "greedy"}}]})
+    enc = encoder(16, 2, 20, 2)
+    x = torch.randn(2, 4, 16)
+    with torch.no_grad():
+        y0 = enc(x)
+    rep = compress(enc, cfg, quality=lambda m: -float((m(x) - y0).abs().max()), out_dir=tmp_path / "g")
+    assert rep.status.value == "feasible"
+    knobs = {r.knob for r in rep.steps if r.accepted}
+    assert knobs and knobs <= {"fraction@layers.0.linear1", "fraction@layers.1.linear1"}
+    back = load(tmp_path / "g", model=enc)
+    assert state_bytes(back) == state_bytes(rep.model)
+
+
+def test_pruned_model_copies_and_trains() -> None:
+    # KMR.heads.mha-module: the pruned module deep-copies, runs in training mode (dropout) and
+    # passes gradients to its kept weights
+    enc = encoder()
+    enc.layers[0].self_attn.dropout = 0.5
+    small = HeadPruning.for_model(enc).apply(enc, "fraction", Fraction(1, 2))
+    twin = copy.deepcopy(small)
+    twin.train()
+    out = twin(torch.randn(2, 5, 32))
+    out.sum().backward()
+    hp = twin.layers[0].self_attn
+    assert isinstance(hp, HeadPrunedAttention) and hp.dropout == 0.5
+    assert hp.in_proj_weight.grad is not None and hp.in_proj_weight.grad.shape == (3 * 16, 32)
