@@ -48,7 +48,7 @@ EQUIVALENT = ROOT / "proofs" / "equivalent_mutants.json"
 CORE = "kmr_ref/core"
 TESTS = ["tests/test_budgeted.py", "tests/test_compose.py", "tests/test_core_edges.py", "tests/test_assumptions.py",
          "tests/test_knobs.py", "tests/test_policy.py", "tests/test_ladder.py", "tests/test_exhaustive.py",
-         "tests/test_core_units.py"]
+         "tests/test_core_units.py", "tests/test_budget_changes.py"]
 CONFIG = """
 
 [tool.mutmut]
@@ -59,6 +59,20 @@ pytest_add_cli_args_test_selection = {tests}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 """
 RECHECK = ["tests/test_core_units.py", "tests/test_core_edges.py"]  # files whose new tests kill survivors
+# appended to the scratch copy's tests/conftest.py: each mutant's tests run fastest first (by the
+# durations mutmut measured), so that with -x a killed mutant stops at its cheapest failing test
+FASTEST_FIRST = """
+
+
+def pytest_collection_modifyitems(session, config, items):  # added by kmr_proofs.mutation
+    import json as _json
+    import pathlib as _pathlib
+
+    _p = _pathlib.Path("mutmut-stats.json")
+    if _p.is_file():
+        _d = _json.loads(_p.read_text(encoding="utf-8")).get("duration_by_test", {})
+        items.sort(key=lambda it: _d.get(it.nodeid, 0.0))
+"""
 KILLED = ("killed", "timeout", "segfault")
 SURVIVED = ("survived", "no tests", "suspicious")
 # "check was interrupted by user": the mutant let a KeyboardInterrupt escape Algorithm 1 into
@@ -91,6 +105,8 @@ def _copy(dest: Path) -> list[str]:
     for t in overlay:
         (dest / t).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / t, dest / t)
+    conftest = dest / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text(encoding="utf-8") + FASTEST_FIRST, encoding="utf-8")
     py = dest / "pyproject.toml"
     tests = [t for t in (os.environ.get("KMR_MUTATION_TESTS") or " ".join(TESTS)).split() if (dest / t).exists()]
     py.write_text(py.read_text(encoding="utf-8") + CONFIG.format(tests=json.dumps(tests), only=json.dumps(_only())),
@@ -147,6 +163,7 @@ def run(dest: Path, max_children: int = 1, out: Path = REPORT, base: Path | None
     only its survivors are run again and its other verdicts are kept: adding tests never revives
     a killed mutant."""
     t0 = time.perf_counter()
+    head = _head()
     overlay = _copy(dest)
     prior: dict[str, str] = {}
     names: list[str] = []
@@ -161,7 +178,7 @@ def run(dest: Path, max_children: int = 1, out: Path = REPORT, base: Path | None
     if prior:
         statuses = {**prior, **{n: st for n, st in statuses.items() if n in names and st != "not checked"}}
     seconds = time.perf_counter() - t0
-    files = {f: {"sha256": sha256(dest / f), "commit": _head(), "seconds": round(seconds, 1)}
+    files = {f: {"sha256": sha256(dest / f), "commit": head, "seconds": round(seconds, 1)}
              for f in sorted({_file_of(n) for n in statuses})}
     rep = summarize(statuses, seconds, files)
     rep["mutmut_exit"] = p.returncode
@@ -284,6 +301,10 @@ def problems(rep: dict[str, Any], root: Path = ROOT) -> list[str]:
     out = [f"SURVIVED (not listed as equivalent): {n}" for n in rep["unexplained"]]
     if rep.get("not_rerun"):
         out.append(f"{len(rep['not_rerun'])} mutants not yet run against the current tests")
+    unchecked = [n for n, st in rep.get("statuses", {}).items() if st == "not checked"]
+    if unchecked:
+        out.append(f"{len(unchecked)} mutants not checked (the run was stopped): "
+                   f"{', '.join(sorted({_file_of(n) for n in unchecked}))}")
     out += [f"STALE: {f} changed since its mutation run (run `make mutation`)" for f in stale(rep, root)]
     out += [f"MISSING: {f} has no mutation run" for f in missing(rep, root)]
     return out
