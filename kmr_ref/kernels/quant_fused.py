@@ -22,8 +22,8 @@ and for each block, while it is in cache:
    and no fast-math flag of the generated code can change a bit: each output is one IEEE
    multiply, one round, integer adds and clamps, and one multiply of an exact integer).
 
-The outputs are allocated by :func:`kmr_ref.kernels.parallel.empty_out` (a transparent-huge-page
-hint on CPU: page faults on the fresh output were most of the cost). Rows longer than a block are
+The outputs are allocated by :func:`kmr_ref.kernels.parallel.empty_out` (pages pre-faulted in
+parallel on CPU: page faults on the fresh output were much of the cost). Rows longer than a block are
 observed whole (two reductions over the row) and quantized in column blocks. Every step is one IEEE
 binary32 operation on integers or on the values the reference computes, so the results are
 identical: the rounded product ``r`` satisfies |r| <= 2^17 and ``r + zp``, ``q - zp`` are exact in
