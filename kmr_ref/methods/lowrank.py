@@ -173,7 +173,11 @@ class LowRank:
                 raise
             raise KnobDomainError(f"{CLAUSE}.rank-range", f"rank must be an integer >= 1: {e.message}") from e
         check_supported(model)  # KMR.rule.unsupported-module
-        scope = targets(model, self.layers, self.include, self.exclude)
+        # KMR.select.exclude: with ``layers`` (for_model) the patterns were applied when the rule was
+        # built, against the whole model; re-applying them to the narrowed scope (or to a model whose
+        # layers are factorized since) would find an exclude pattern matching nothing
+        scope = (targets(model, None, self.include, self.exclude) if self.layers is None
+                 else targets(model, self.layers))
         if target:  # KMR.lowrank.per-layer-knob
             scope = [(n, m) for n, m in scope if n == target]
             if not scope:
