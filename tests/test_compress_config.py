@@ -281,7 +281,8 @@ def test_cli_progress_streams(tmp_path: Path, factory: str) -> None:  # noqa: F8
     assert "budget 106.667" not in err and "budget ~106.667" in err  # 320/3, a decimal, not "320/3"
     assert "320/3" not in err
     step_lines = [s for s in lines if s.startswith("t=")]
-    assert len(step_lines) == len(rep["steps"]) and "svd: rank = 3" in step_lines[0]
+    # the structured phase goes first (fraction@0 = 3/20 after the ladder passes 1/20 and 1/10)
+    assert len(step_lines) == len(rep["steps"]) and "structured: fraction@0 = 0.15" in step_lines[0]
     assert "steps" in err and f"{rep['accepted_steps']}/10" in err
     assert re.search(r"\d+:\d\d:\d\d", err)  # the bar's elapsed time
     rc, out2, err2 = run_cli(["compress", str(toml), "--overwrite", "--dense"])
