@@ -175,8 +175,8 @@ def run(dest: Path, max_children: int = 1, out: Path = REPORT, base: Path | None
     cmd = ["nice", "-n", "10", *_mutmut(), "run", "--max-children", str(max_children), *names]
     p = subprocess.run(cmd, cwd=dest, env=_env(), capture_output=True, text=True)
     statuses = _results(dest)
-    if prior:
-        statuses = {**prior, **{n: st for n, st in statuses.items() if n in names and st != "not checked"}}
+    if prior:  # a rerun mutant gets its new status ("not checked" if the run stopped before it)
+        statuses = {**prior, **{n: statuses.get(n, "not checked") for n in names}}
     seconds = time.perf_counter() - t0
     files = {f: {"sha256": sha256(dest / f), "commit": head, "seconds": round(seconds, 1)}
              for f in sorted({_file_of(n) for n in statuses})}
@@ -199,7 +199,8 @@ def recheck(dest: Path, report_path: Path, tests: list[str]) -> dict[str, Any]:
     for t in tests:
         if (ROOT / t).is_file():
             shutil.copy2(ROOT / t, dest / t)
-    names = sorted({*rep["survivors"], *rep.get("not_rerun", []),
+    eq = equivalents()  # a mutant listed as equivalent survived every test; new tests do not change that
+    names = sorted({*(n for n in rep["survivors"] if n not in eq), *rep.get("not_rerun", []),
                     *(n for n, st in rep["statuses"].items() if st == "not checked")})
     statuses: dict[str, str] = rep["statuses"]
     if names:
