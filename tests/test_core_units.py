@@ -398,3 +398,14 @@ def test_to_exact_other_rationals_and_int_range_messages() -> None:
     assert str(_err(IntRange(0, 5).normalize, 9)) == "[KMR.knob.domain-int] 9 is outside [0, 5]"
     assert str(_err(IntRange(0, 5).normalize, Fraction(1, 2))) == \
         "[KMR.knob.domain-int] Fraction(1, 2) is not an integer"
+
+
+def test_to_exact_numpy_floats_and_other_types() -> None:
+    """KMR.exact.binary64: a numpy float32 is converted to binary64 (exactly) and then read as
+    its shortest decimal; a type that is no number is refused, naming the type."""
+    assert to_exact(np.float32(0.5), clause="KMR.x.y", error=BudgetError, what="v") == Fraction(1, 2)
+    assert to_exact(np.float32(0.1), clause="KMR.x.y", error=BudgetError, what="v") == \
+        Fraction("0.10000000149011612")
+    assert to_exact(np.float64(0.7), clause="KMR.x.y", error=BudgetError, what="v") == Fraction(7, 10)
+    assert str(_err(to_exact, [1], clause="KMR.x.y", error=BudgetError, what="budget B")) == \
+        "[KMR.x.y] budget B must be int, Fraction, float or a rational string, got list"
