@@ -235,6 +235,7 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
         runs.append({"files": sorted(mine), "seconds": r["seconds"], "recheck_seconds": r.get("recheck_seconds", 0),
                      "mutants": r["mutants"]})
     rep = summarize(statuses, sum(x["seconds"] for x in runs), files)
+    rep["recheck_seconds"] = round(sum(x["recheck_seconds"] for x in runs), 1)
     rep["diffs"] = {k: v for k, v in diffs.items() if k in rep["survivors"]}
     rep["runs"] = runs
     rep["tests"] = tests
@@ -325,12 +326,13 @@ def report(path: Path = REPORT) -> int:
     print(f"mutmut on kmr_ref/core: {rep['mutants']} mutants, {rep['killed']} killed, {rep['survived']} survived "
           f"({len(rep['equivalent_listed'])} listed as equivalent in proofs/equivalent_mutants.json); "
           f"score {100 * rep['score']:.1f} %, of non-equivalent mutants {100 * rep['score_non_equivalent']:.1f} %; "
-          f"{rep['seconds'] / 60:.0f} min")
+          f"mutmut runs {rep['seconds'] / 60:.0f} min, rechecks {rep.get('recheck_seconds', 0) / 60:.0f} min")
     old = set(stale(rep))
     for f, m in rep.get("files", {}).items():
         print(f"  {f}: {m['mutants']} mutants, {m['killed']} killed, {m['equivalent']} equivalent, "
-              f"{m['survived'] - m['equivalent']} unexplained: {100 * m['score_non_equivalent']:.1f} % of "
-              f"non-equivalent{' (STALE: the file changed since this run)' if f in old else ''}")
+              f"{m['survived'] - m['equivalent']} unexplained, {m.get('other', 0)} not checked: "
+              f"{100 * m['score_non_equivalent']:.1f} % of the checked non-equivalent"
+              f"{' (STALE: the file changed since this run)' if f in old else ''}")
     eq = equivalents()
     for n in rep["equivalent_listed"]:
         print(f"  equivalent: {n}: {eq.get(n, '')}")
