@@ -183,6 +183,9 @@ def run(out: Path) -> list[Path]:
                       f"{lr:.2f}: the MACs cut does not carry over to wall time in full on this machine (pruned "
                       "layers with odd channel counts run at a lower MAC rate; elementwise work, memory traffic "
                       "and framework overhead do not shrink with the MACs)."]
+        elif lr < mr - 0.1:
+            lines += ["", f"{label}: the measured latency ratio ({lr:.2f}) is below the MACs ratio ({mr:.2f}), which "
+                      "fewer MACs cannot explain: these timings are dominated by the machine's load."]
         else:
             lines += ["", f"{label}: latency falls with the MACs here ({lr:.2f} against {mr:.2f})."]
     out.mkdir(parents=True, exist_ok=True)
