@@ -409,3 +409,27 @@ def test_to_exact_numpy_floats_and_other_types() -> None:
     assert to_exact(np.float64(0.7), clause="KMR.x.y", error=BudgetError, what="v") == Fraction(7, 10)
     assert str(_err(to_exact, [1], clause="KMR.x.y", error=BudgetError, what="budget B")) == \
         "[KMR.x.y] budget B must be int, Fraction, float or a rational string, got list"
+
+
+def test_policies_name_unknown_knobs_and_stop_reasons() -> None:
+    """KMR.knob.unknown KMR.policy.greedy KMR.policy.ladder KMR.policy.scheduled: a candidate or
+    ladder knob the triple does not have raises KnobDomainError naming the clause and the knobs
+    known; an exhausted schedule stops with its reason."""
+    from kmr_ref.core.policy import ladder_candidates
+
+    st = PolicyState(5, 5, None, 0, 0, _tri(), ())
+    for pol in (GreedyPolicy(lambda s: [Proposal("x", 1)]), ladder_candidates(["x"])):
+        e = _err(pol, st)
+        assert isinstance(e, KnobDomainError) and str(e) == "[KMR.knob.unknown] no knob named 'x'; known: ['v']"
+    assert ScheduledPolicy(())(st) == Stop("schedule exhausted")
+
+
+def test_current_value_is_the_last_accepted_value_of_that_knob() -> None:
+    """KMR.policy.ladder: a knob's current value is its value in the last *accepted* record of that
+    knob (a later rejected record or another knob's record does not count), else the default."""
+    from kmr_ref.core.policy import current_value
+
+    hist = (StepRecord(0, "a", 3, 9, 8, None, True, "accepted"), StepRecord(1, "b", 7, 8, 6, None, True, "accepted"),
+            StepRecord(2, "a", 5, 6, 6, None, False, "not-strictly-lower"))
+    st = PolicyState(6, 6, None, 3, 0, _tri(), hist)
+    assert current_value(st, "a", 0) == 3 and current_value(st, "b", 0) == 7 and current_value(st, "c", 1) == 1
