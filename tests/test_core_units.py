@@ -433,3 +433,14 @@ def test_current_value_is_the_last_accepted_value_of_that_knob() -> None:
             StepRecord(2, "a", 5, 6, 6, None, False, "not-strictly-lower"))
     st = PolicyState(6, 6, None, 3, 0, _tri(), hist)
     assert current_value(st, "a", 0) == 3 and current_value(st, "b", 0) == 7 and current_value(st, "c", 1) == 1
+
+
+def test_budget_schedule_messages() -> None:
+    """KMR.budget.schedule KMR.alg1.validate: an empty budget stream and a budget that is no number
+    are refused naming the clause, the iteration and what was wrong."""
+    e = _err(budgeted_kmr, 5, _tri(), ScheduledPolicy(()), iter([]), 3)
+    assert str(e) == "[KMR.budget.schedule] the budget stream is empty: no budget for iteration 0"
+    e = _err(budgeted_kmr, 5, _tri(), ScheduledPolicy(()), lambda st: "x", 3)
+    assert str(e) == "[KMR.budget.schedule] budget B_0 'x' is not a rational literal"
+    e = _err(budgeted_kmr, 5, _tri(), ScheduledPolicy((Proposal("v", 4),)), iter([1, "y"]), 3)
+    assert str(e) == "[KMR.budget.schedule] budget B_1 'y' is not a rational literal"
