@@ -187,7 +187,8 @@ def run(out: Path) -> list[Path]:
             lines += ["", f"{label}: the measured latency ratio ({lr:.2f}) is below the MACs ratio ({mr:.2f}), which "
                       "fewer MACs cannot explain: these timings are dominated by the machine's load."]
         else:
-            lines += ["", f"{label}: latency falls with the MACs here ({lr:.2f} against {mr:.2f})."]
+            lines += ["", f"{label}: the latency ratio follows the MACs ratio within 0.1 here ({lr:.2f} against "
+                      f"{mr:.2f})."]
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "structured.md", out / "structured.json"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
