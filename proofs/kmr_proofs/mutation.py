@@ -13,7 +13,8 @@ never mutated.
 ``recheck --dest D`` copies the current test files (``KMR_MUTATION_OVERLAY``, default: the core
 unit tests) into the scratch folder ``D`` of an earlier run and reruns that report's survivors
 and unchecked mutants there (``mutmut run NAME...``: mutmut collects the new tests' coverage and
-runs only the tests that reach each mutant, in a forked worker: no torch import per mutant).
+runs only the tests that reach each mutant, in a forked worker: no torch import per mutant;
+``KMR_RECHECK_SURVIVORS_ONLY=1``: the survivors only). Mutants listed as equivalent are not rerun.
 ``merge A B ... --out R`` combines reports of runs over different files.
 
 ``python -m kmr_proofs.mutation report`` (and ``kmr prove --mutation``) prints the committed
@@ -200,8 +201,9 @@ def recheck(dest: Path, report_path: Path, tests: list[str]) -> dict[str, Any]:
         if (ROOT / t).is_file():
             shutil.copy2(ROOT / t, dest / t)
     eq = equivalents()  # a mutant listed as equivalent survived every test; new tests do not change that
-    names = sorted({*(n for n in rep["survivors"] if n not in eq), *rep.get("not_rerun", []),
-                    *(n for n, st in rep["statuses"].items() if st == "not checked")})
+    unchecked = [] if os.environ.get("KMR_RECHECK_SURVIVORS_ONLY") else [
+        n for n, st in rep["statuses"].items() if st == "not checked"]
+    names = sorted({*(n for n in rep["survivors"] if n not in eq), *rep.get("not_rerun", []), *unchecked})
     statuses: dict[str, str] = rep["statuses"]
     if names:
         cmd = ["nice", "-n", "10", *_mutmut(), "run", "--max-children", "1", *names]
