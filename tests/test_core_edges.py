@@ -285,3 +285,27 @@ def test_derivation_records() -> None:
     record_derivation(5, parent, ["x"])
     record_derivation((1, 2), parent, ["x"])
     assert derivation(5) is None and derivation((1, 2)) is None
+
+
+def test_interrupt_while_merging_the_last_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KMR.alg1.interrupt KMR.alg10.status: a Ctrl-C while the pipeline records its *last* phase
+    (ended by its policy above the budget, steps left) keeps that phase whole; no phase would run
+    next, so the pipeline ends as that phase did (policy-stop) and no outcome is invented for a
+    next phase."""
+    import kmr_ref.core.compose as compose_mod
+
+    real = compose_mod._Acc.merged
+    fired = {"n": 0}
+
+    def flaky(self: Any, name: str, res: Any) -> Any:
+        if fired["n"] == 0:
+            fired["n"] += 1
+            raise KeyboardInterrupt
+        return real(self, name, res)
+
+    monkeypatch.setattr(compose_mod._Acc, "merged", flaky)
+    a = Phase("a", Step(), ScheduledPolicy((Proposal("v", 40), Proposal("v", 30))))
+    out = composed_kmr(50, [a], CostMeter("c", lambda m: m), 0, 10)
+    assert out.result.status is Status.POLICY_STOP and out.result.model == 30
+    assert [(r.t, r.value) for r in out.result.trace] == [(0, 40), (1, 30)]
+    assert [(p.name, p.status, p.steps) for p in out.phases] == [("a", Status.POLICY_STOP, 2)]
