@@ -180,9 +180,8 @@ def run(out: Path) -> list[Path]:
         lr, mr = r["latency_s"]["after"] / r["latency_s"]["before"], float(Fraction(c1, c0))
         if lr > mr + 0.1:  # KMR.meter.informative: a statement about this run's timings only
             lines += ["", f"{label}: the MACs fall to {mr:.2f} of the original but the measured latency only to "
-                      f"{lr:.2f}: the MACs cut does not carry over to wall time in full on this machine (pruned "
-                      "layers with odd channel counts run at a lower MAC rate; elementwise work, memory traffic "
-                      "and framework overhead do not shrink with the MACs)."]
+                      f"{lr:.2f} in this run: the MACs cut does not carry over to wall time in full here (a finding "
+                      "of this run on a shared machine; repeat on a quiet one before drawing a conclusion)."]
         elif lr < mr - 0.1:
             lines += ["", f"{label}: the measured latency ratio ({lr:.2f}) is below the MACs ratio ({mr:.2f}), which "
                       "fewer MACs cannot explain: these timings are dominated by the machine's load."]
