@@ -24,13 +24,14 @@ from kmr_ref.compress.config import (
     SPEC_VERSION,
     CompressConfig,
     ConfigError,
+    GreedyConfig,
     config_budget,
 )
 from kmr_ref.core.compose import Phase, PhaseOutcome, composed_kmr
 from kmr_ref.core.exact import Exact, to_exact
 from kmr_ref.core.meters import CostMeter, QualityMeter
 from kmr_ref.core.policy import Policy, PolicyState, Proposal, Stop
-from kmr_ref.core.rules import Rule
+from kmr_ref.core.rules import Rule, reusing
 from kmr_ref.core.trace import Status, StepRecord, json_value
 
 RESUME = "KMR.compress.resume"
@@ -258,6 +259,8 @@ def _compress(model: nn.Module, config: CompressConfig, quality: QualityFn | Non
     for i, (pc, name) in enumerate(zip(config.phases, names, strict=True)):  # KMR.compress.phases: file order
         where = f"phases[{i}] ({name})"
         rule = build_rule(pc, m0, where)  # KMR.compress.methods, KMR.compress.select
+        if isinstance(pc.policy, GreedyConfig):
+            rule = reusing(rule)  # KMR.rule.reuse: Algorithm 1 takes greedy's own T(M, k, v) (trace unchanged)
         pol = build_policy(pc, rule, where, qmeter is not None)  # KMR.compress.policies
         phases.append(Phase(name, rule, pol))
     budget_spec = config_budget(config)  # KMR.compress.budget-units
