@@ -27,6 +27,7 @@ from torch import nn
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
 from kmr_ref.core.exact import to_exact
 from kmr_ref.core.knobs import Knob, KnobValue, RealInterval, find_knob
+from kmr_ref.methods import structured
 from kmr_ref.methods.modules import (
     Patterns,
     as_patterns,
@@ -349,29 +350,16 @@ def unit_scores(parts: Sequence[tuple[torch.Tensor, int]], units: int, width: in
 
 def removed_per_site(scores: Sequence[float], fraction: Fraction) -> list[int]:
     """``KMR.heads.count`` + ``KMR.heads.tie-break``: k = min(floor(f * n), n - 1) units with the
-    smallest (S_u, u); ascending unit order."""
-    n = len(scores)
-    k = min(math.floor(fraction * n), n - 1)  # KMR.heads.count: at least one head / neuron remains
-    order = sorted(range(n), key=lambda i: (scores[i], i))  # KMR.heads.tie-break
-    return sorted(order[:k])
+    smallest (S_u, u); ascending unit order — the selection of structured pruning's
+    ``KMR.structured.count`` (at least one head / neuron remains), with units for channels."""
+    return structured.removed_per_layer(scores, fraction)
 
 
 def removed_global(scores: Sequence[Sequence[float]], fan: Sequence[int], fraction: Fraction) -> list[list[int]]:
     """``KMR.heads.global-order``: K = floor(f * sum n_s) units in ascending order of
-    (S_u / fan_s exact, site index, unit index), skipping a unit that would empty its site."""
-    k = math.floor(fraction * sum(len(s) for s in scores))
-    keys = sorted((Fraction(x) / fan[si], si, ui) for si, ss in enumerate(scores) for ui, x in enumerate(ss))
-    left = [len(s) for s in scores]
-    out: list[list[int]] = [[] for _ in scores]
-    for _, si, ui in keys:
-        if k == 0:
-            break
-        if left[si] == 1:  # KMR.heads.count: at least one unit per site
-            continue
-        out[si].append(ui)
-        left[si] -= 1
-        k -= 1
-    return [sorted(r) for r in out]
+    (S_u / fan_s exact, site index, unit index), skipping a unit that would empty its site — the
+    order of ``KMR.structured.global-order``, with sites for layers."""
+    return structured.removed_global(scores, fan, fraction)
 
 
 # ---------------------------------------------------------------------------------------------
