@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from kmr_ref.core.errors import MeterError
 from kmr_ref.core.meters import CostMeter, InformativeMeter, derivation
 from kmr_ref.core.rules import current_scope
-from kmr_ref.methods.modules import PrunableFilter, check_subnormals, clone_tree
+from kmr_ref.methods.modules import PrunableFilter, check_subnormals, clone_tree, ordered_parameters
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -30,16 +30,7 @@ def all_parameters(module_name: str, module: nn.Module, pname: str, p: torch.Ten
 
 def _unique_parameters(model: nn.Module, keep: PrunableFilter) -> list[torch.Tensor]:
     # named_modules() visits each module once; a parameter object held twice is counted once
-    seen: set[int] = set()
-    out: list[torch.Tensor] = []
-    for mname, mod in model.named_modules():
-        for pname, p in mod._parameters.items():
-            if p is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            if keep(mname, mod, pname, p):
-                out.append(p)
-    return out
+    return [p for _, p in _unique_named(model, keep)]
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -55,15 +46,8 @@ def nonzero_count(model: nn.Module, keep: PrunableFilter = all_parameters) -> in
 
 
 def _unique_named(model: nn.Module, keep: PrunableFilter) -> Iterator[tuple[str, torch.Tensor]]:
-    # _unique_parameters' walk, with each parameter's (first) qualified name
-    seen: set[int] = set()
-    for mname, mod in model.named_modules():
-        for pname, p in mod._parameters.items():
-            if p is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            if keep(mname, mod, pname, p):
-                yield (f"{mname}.{pname}" if mname else pname), p
+    # each distinct parameter once, at its first qualified name (KMR.prune.tensor-order's walk)
+    return ordered_parameters(model, keep, checked=True)
 
 
 @dataclass(frozen=True)
