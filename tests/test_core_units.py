@@ -444,3 +444,16 @@ def test_budget_schedule_messages() -> None:
     assert str(e) == "[KMR.budget.schedule] budget B_0 'x' is not a rational literal"
     e = _err(budgeted_kmr, 5, _tri(), ScheduledPolicy((Proposal("v", 4),)), iter([1, "y"]), 3)
     assert str(e) == "[KMR.budget.schedule] budget B_1 'y' is not a rational literal"
+
+
+def test_budget_schedule_sees_the_quality() -> None:
+    """KMR.budget.read: the budget callable is shown the state of each loop guard, the current
+    model's quality included (Q(M_0) first, then the quality of each accepted model)."""
+    seen: list[tuple[int, float | None]] = []
+
+    def budget(st: object) -> int:
+        seen.append((st.t, st.quality))  # type: ignore[attr-defined]
+        return 0
+
+    budgeted_kmr(5, _tri(quality=True), ScheduledPolicy((Proposal("v", 4), Proposal("v", 2))), budget, 3)
+    assert seen == [(0, -5.0), (1, -4.0), (2, -2.0)]
