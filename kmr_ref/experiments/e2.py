@@ -88,13 +88,7 @@ def run(out: Path, storage: str | None = None, model: str = "digits") -> list[Pa
           + md_table(["policy", "status", "cost", "val acc", "test acc", "accepted steps", "rule applications",
                       "cost evaluations", "quality evaluations"], rows,
                      [False, False, True, True, True, True, True, True, True]))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar([r["policy"] for r in runs], [r["final"]["test_accuracy"] for r in runs], color="tab:blue")
-    lo = min(r["final"]["test_accuracy"] for r in runs)
-    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
-    ax.set_ylabel("test accuracy at the budget")
-    ax.set_title(f"E2: policies at B = {budget} nonzeros")
-    fig.tight_layout()
+    fig = _bars(runs, "test_accuracy", 0.05, "test accuracy at the budget", f"E2: policies at B = {budget} nonzeros")
     payload = {"experiment": "e2", "model": "digits", "runs": runs, "machine": machine()}
     paths = write_outputs(out, "e2", md, payload, fig)
     plt.close(fig)
@@ -166,14 +160,21 @@ def run_minilm(out: Path, storage: str | None = None) -> list[Path]:
           + md_table(["policy", "status", "cost", "quality", "accepted steps", "rule applications",
                       "cost evaluations", "quality evaluations"], rows,
                      [False, False, True, True, True, True, True, True]))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar([r["policy"] for r in runs], [r["final"]["quality"] for r in runs], color="tab:blue")
-    lo = min(r["final"]["quality"] for r in runs)
-    ax.set_ylim(max(0.0, lo - 0.01), 1.0)
-    ax.set_ylabel("quality at the budget (mean cosine)")
-    ax.set_title(f"E2: MiniLM-L6 policies at B = {budget} FFN nonzeros")
-    fig.tight_layout()
+    fig = _bars(runs, "quality", 0.01, "quality at the budget (mean cosine)",
+                f"E2: MiniLM-L6 policies at B = {budget} FFN nonzeros")
     payload = {"experiment": "e2", "model": "minilm", "runs": runs, "machine": machine()}
     paths = write_outputs(out, "e2-minilm", md, payload, fig)
     plt.close(fig)
     return paths
+
+
+def _bars(runs: list[dict[str, Any]], key: str, margin: float, ylabel: str, title: str) -> Any:
+    """One bar per policy of its final ``key``; the axis starts ``margin`` below the lowest bar."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([r["policy"] for r in runs], [r["final"][key] for r in runs], color="tab:blue")
+    lo = min(r["final"][key] for r in runs)
+    ax.set_ylim(max(0.0, lo - margin), 1.0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
