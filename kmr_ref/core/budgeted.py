@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Generic, TypeVar
 
 from kmr_ref.core.errors import BudgetError, MeterError, PolicyError
@@ -84,7 +85,9 @@ def budgeted_kmr(
     (``KMR.meter.deterministic``, ``KMR.policy.no-mutation``; ``kmr_ref.core.checked`` checks both).
     """
     # KMR.alg1.validate: B exact (KMR.budget.def, KMR.exact.binary64 for floats), N a non-negative int
-    changing = callable(budget) or isinstance(budget, Iterator)  # KMR.budget.schedule (a list is refused)
+    # KMR.budget.schedule (a list is refused); a plain number is tested first, so a fixed budget takes
+    # no other branch (CrossHair explores budgeted_kmr with a symbolic int budget)
+    changing = not isinstance(budget, int | float | Fraction) and (callable(budget) or isinstance(budget, Iterator))
     schedule = _Schedule[M](budget) if changing else None
     B: Exact = 0 if schedule is not None else to_exact(budget, clause="KMR.alg1.validate", error=BudgetError,
                                                        what="budget B")
