@@ -457,3 +457,24 @@ def test_budget_schedule_sees_the_quality() -> None:
 
     budgeted_kmr(5, _tri(quality=True), ScheduledPolicy((Proposal("v", 4), Proposal("v", 2))), budget, 3)
     assert seen == [(0, -5.0), (1, -4.0), (2, -2.0)]
+
+
+def test_rejected_record_names_its_reason() -> None:
+    """KMR.alg1.early-break KMR.alg1.strict-progress: the record of a proposal that does not lower
+    the cost is rejected with the reason "not-strictly-lower" (the accepted one: "accepted")."""
+    res = budgeted_kmr(5, _tri(), ScheduledPolicy((Proposal("v", 3), Proposal("v", 3))), 0, 5)
+    assert res.status is Status.STALLED
+    assert [(r.accepted, r.reason) for r in res.trace] == [(True, "accepted"), (False, "not-strictly-lower")]
+
+
+def test_partial_result_keeps_the_initial_cost_and_quality() -> None:
+    """KMR.alg1.error KMR.alg1.after-loop: the partial result attached to an error raised inside the
+    loop carries C(M_0) and Q(M_0), not only the last accepted values."""
+    def boom(r: object) -> None:
+        raise RuntimeError("log failed")
+
+    with pytest.raises(RuntimeError) as e:
+        budgeted_kmr(5, _tri(quality=True), ScheduledPolicy((Proposal("v", 2),)), 0, 3, on_record=boom)
+    part = e.value.kmr_partial  # type: ignore[attr-defined]
+    assert (part.cost_initial, part.quality_initial) == (5, -5.0)
+    assert (part.cost_final, part.quality_final, part.model) == (2, -2.0, 2)
