@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kmr_ref.compress.config import DEFAULT_KNOB, CompressConfig, GreedyConfig, config_budget, load_config
-from kmr_ref.conformance.adapters import NotSupported, SkipVector, describe, error_clause
+from kmr_ref.conformance.method_runner import call_encoded
 from kmr_ref.conformance.vectors import VectorRunner, compare_kind, named_key
 from kmr_ref.core import KMRError
 from kmr_ref.core.exact import to_exact
@@ -87,14 +87,8 @@ def run_config_vector(vec: Mapping[str, Json], adapter: ConfigAdapter) -> tuple[
     inp = vec["input"]
     before = copy.deepcopy(inp)
 
-    def call() -> Json:
-        try:
-            return adapter(inp)
-        except (NotSupported, SkipVector):
-            raise
-        except Exception as e:  # an error naming a clause is an answer; any other is a failure
-            clause = error_clause(e)
-            return {"error": clause if clause is not None else f"<no clause: {describe(e)}>", "message": str(e)}
+    def call() -> Json:  # an error naming a clause is an answer; any other is a failure
+        return call_encoded(lambda: adapter(inp), with_message=True)
 
     got, again = call(), call()
     diffs: list[str] = []

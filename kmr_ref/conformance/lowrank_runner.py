@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from kmr_ref.conformance.adapters import NotSupported, SkipVector, decode_spelling, describe, error_clause
+from kmr_ref.conformance.adapters import decode_spelling
 from kmr_ref.conformance.lowrank_diagnose import diagnose
+from kmr_ref.conformance.method_runner import call_encoded
 from kmr_ref.conformance.vectors import TOLERANT_TENSORS, VectorRunner, compare_kind
 from kmr_ref.core import KMRError
 from kmr_ref.methods.lowrank import LowRank, LowRankFactors
@@ -222,14 +223,8 @@ def run_lowrank_vector(vec: Mapping[str, Json], adapter: LowRankAdapter, kind: s
     inp = vec["input"]
     before = copy.deepcopy(inp)
 
-    def call() -> Json:
-        try:
-            return adapter(inp)
-        except (NotSupported, SkipVector):
-            raise
-        except Exception as e:  # an error naming a clause is an answer; any other is a failure
-            clause = error_clause(e)
-            return {"error": clause if clause is not None else f"<no clause: {describe(e)}>"}
+    def call() -> Json:  # an error naming a clause is an answer; any other is a failure
+        return call_encoded(lambda: adapter(inp))
 
     got = call()
     again = call()

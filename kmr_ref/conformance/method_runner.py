@@ -14,17 +14,19 @@ from kmr_ref.conformance.vectors import compare
 Json = Any
 
 
-def call_encoded(fn: Callable[[], Json]) -> Json:
-    """``fn()``'s encoded result, or ``{"error": <clause>}`` when it raises an error naming a clause.
-    An error without a clause is reported as ``{"error": "<no clause: ...>"}`` (never equal to a
-    clause ID, so it fails); NotSupported and SkipVector propagate."""
+def call_encoded(fn: Callable[[], Json], with_message: bool = False) -> Json:
+    """``fn()``'s encoded result, or ``{"error": <clause>}`` when it raises an error naming a clause
+    (with ``"message"`` too when ``with_message``). An error without a clause is reported as
+    ``{"error": "<no clause: ...>"}`` (never equal to a clause ID, so it fails); NotSupported and
+    SkipVector propagate."""
     try:
         return fn()
     except (NotSupported, SkipVector):
         raise
     except Exception as e:  # a crash is a reported failure, not an exception of the runner
         clause = error_clause(e)
-        return {"error": clause if clause is not None else f"<no clause: {describe(e)}>"}
+        out = {"error": clause if clause is not None else f"<no clause: {describe(e)}>"}
+        return {**out, "message": str(e)} if with_message else out
 
 
 
