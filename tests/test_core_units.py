@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import linecache
 import numbers
-from collections.abc import Sequence
+import sys
+import types
+from collections.abc import Callable, Sequence
 from fractions import Fraction
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ from kmr_ref.core import (
     InformativeMeter,
     IntRange,
     KMRError,
+    KMRResult,
     KMRTriple,
     Knob,
     KnobDomainError,
@@ -44,6 +49,8 @@ from kmr_ref.core.exact import fmt_exact
 from kmr_ref.core.knobs import find_knob
 from kmr_ref.core.meters import as_cost_meter, as_quality_meter
 from kmr_ref.core.trace import json_value
+
+T = TypeVar("T")
 
 
 class SetTo:
@@ -478,3 +485,184 @@ def test_partial_result_keeps_the_initial_cost_and_quality() -> None:
     part = e.value.kmr_partial  # type: ignore[attr-defined]
     assert (part.cost_initial, part.quality_initial) == (5, -5.0)
     assert (part.cost_final, part.quality_final, part.model) == (2, -2.0, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Algorithm 10's interrupt and error paths, at the points the mutation run found unchecked:
+# an interrupt landing right after a phase returned (at the boundaries C == B and used == N, and
+# with three phases), and every field of the partial result an error carries.
+
+class _Injected(Exception):
+    """Raised by :func:`_raise_at` at a line of ``compose.py``."""
+
+
+class _Foreign(Exception):
+    """An exception that already carries a ``kmr_partial`` of some other run."""
+
+    kmr_partial: object = KMRResult(-1, Status.FEASIBLE, (), 0, -1, -1, None, None)
+
+
+def _raise_at(marker: str, exc: BaseException, nth: int = 1) -> Callable[[], None]:
+    """A tracer raising ``exc`` just before the ``nth`` execution of the line of ``compose.py``
+    containing ``marker`` (found by its text, so it also finds the line in a mutated copy)."""
+    seen = [0]
+
+    def local(frame: types.FrameType, event: str, arg: object) -> object:
+        if event == "line" and marker in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
+            seen[0] += 1
+            if seen[0] == nth:
+                raise exc
+        return local
+
+    def glob(frame: types.FrameType, event: str, arg: object) -> object:
+        return local if frame.f_code.co_filename.endswith("compose.py") else None
+
+    def start() -> None:
+        sys.settrace(glob)
+
+    return start
+
+
+def _run_traced(start: Callable[[], None], fn: Callable[[], T]) -> T:
+    start()
+    try:
+        return fn()
+    finally:
+        sys.settrace(None)
+
+
+_AFTER_PHASE = "outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))"  # the phase returned
+
+
+def _three(tables: Sequence[Sequence[int]]) -> list[Phase[int]]:
+    return [Phase(f"p{i}", SetTo(), ScheduledPolicy(tuple(Proposal("v", v) for v in tab)))
+            for i, tab in enumerate(tables)]
+
+
+def test_interrupt_after_a_phase_names_the_next_phase() -> None:
+    """KMR.alg10.phase-break KMR.alg10.status: an interrupt while the pipeline records a finished
+    phase keeps that phase whole and reports the phase that would run next (by name, with three
+    phases: p1 after p0, p2 after p1) as interrupted with no record."""
+    for nth, want in ((1, [("p0", Status.POLICY_STOP, 1), ("p1", Status.INTERRUPTED, 0)]),
+                      (2, [("p0", Status.POLICY_STOP, 1), ("p1", Status.POLICY_STOP, 1),
+                           ("p2", Status.INTERRUPTED, 0)])):
+        out = _run_traced(_raise_at(_AFTER_PHASE, KeyboardInterrupt(), nth),
+                          lambda: composed_kmr(9, _three([[8], [7], [6]]), CostMeter("c", lambda m: m), 0, 5))
+        assert out is not None
+        assert [(p.name, p.status, p.steps) for p in out.phases] == want
+        assert out.result.status is Status.INTERRUPTED and out.result.model == 9 - nth
+
+
+def test_interrupt_after_a_phase_at_the_budget_or_the_step_limit() -> None:
+    """KMR.alg10.skip KMR.alg10.status: after a phase that ends at C == B (feasible) or at used == N
+    (step-limit), no phase would run, so an interrupt there reports no interrupted phase and the
+    pipeline's status is feasible, resp. step-limit."""
+    cost = CostMeter[int]("c", lambda m: m)
+    at_budget = _run_traced(_raise_at(_AFTER_PHASE, KeyboardInterrupt()),
+                            lambda: composed_kmr(9, _three([[8], [7]]), cost, 8, 5))
+    assert [(p.name, p.status) for p in at_budget.phases] == [("p0", Status.FEASIBLE)]
+    assert at_budget.result.status is Status.FEASIBLE
+    at_limit = _run_traced(_raise_at(_AFTER_PHASE, KeyboardInterrupt()),
+                           lambda: composed_kmr(9, _three([[8, 7], [6]]), cost, 0, 1))
+    assert [(p.name, p.status, p.steps) for p in at_limit.phases] == [("p0", Status.STEP_LIMIT, 1)]
+    assert at_limit.result.status is Status.STEP_LIMIT and at_limit.result.model == 8
+
+
+def _partial(e: pytest.ExceptionInfo[BaseException]) -> KMRResult[int]:
+    part = e.value.kmr_partial  # type: ignore[attr-defined]
+    assert isinstance(part, KMRResult)
+    return part
+
+
+def _fields(part: KMRResult[int]) -> tuple[object, ...]:
+    return (part.model, part.status, [(r.t, r.cost_after) for r in part.trace], part.budget, part.cost_initial,
+            part.cost_final, part.quality_initial, part.quality_final)
+
+
+def test_pipeline_partial_on_a_nondeterministic_meter() -> None:
+    """KMR.meter.deterministic KMR.alg1.error: a cost meter that measures phase p1's start model
+    differently from p0's returned model raises MeterError once p1 returns; the partial keeps both
+    phases whole, with C(M_0), Q(M_0) and status interrupted (C > B)."""
+    calls = [0]
+
+    def drifting(m: int) -> int:
+        calls[0] += 1
+        # M_0, p0's start, its step, its returned model (measured again), then p1's start
+        return m + (1 if calls[0] == 5 else 0)
+
+    with pytest.raises(MeterError) as e:
+        composed_kmr(9, _three([[8], [7]]), CostMeter("c", drifting), 0, 5, quality=QualityMeter("q", lambda m: -m))
+    assert e.value.clause == "KMR.meter.deterministic" and "phase 'p1'" in str(e.value)
+    assert _fields(_partial(e)) == (7, Status.INTERRUPTED, [(0, 8), (1, 7)], 0, 9, 7, -9.0, -7.0)
+
+
+@pytest.mark.parametrize("kind", [_Injected, _Foreign])
+def test_pipeline_partial_on_an_error_at_a_phase_start(kind: type[Exception]) -> None:
+    """KMR.alg1.error KMR.alg1.after-loop: an error while p1 measures its start model carries the
+    pipeline up to p0 (not a partial the error brought from elsewhere)."""
+    calls = [0]
+
+    def failing(m: int) -> int:
+        calls[0] += 1
+        if calls[0] == 5:  # p1's start (after M_0, p0's start, its step, its returned model)
+            raise kind("meter failed")
+        return m
+
+    with pytest.raises(kind) as e:
+        composed_kmr(9, _three([[8], [7]]), CostMeter("c", failing), 0, 5, quality=QualityMeter("q", lambda m: -m))
+    assert _fields(_partial(e)) == (8, Status.INTERRUPTED, [(0, 8)], 0, 9, 8, -9.0, -8.0)
+
+
+def test_algorithm1_error_before_the_loop_carries_no_partial() -> None:
+    """KMR.alg1.after-loop: an error while Algorithm 1 (or Algorithm 10) measures M_0 has no result
+    to carry: an exception without a partial gets none, one that brought a partial from elsewhere
+    has it cleared (set to None)."""
+    def failing(kind: type[Exception]) -> Callable[[int], int]:
+        def m(x: int) -> int:
+            raise kind("meter failed")
+        return m
+
+    with pytest.raises(_Injected) as e1:
+        budgeted_kmr(5, KMRTriple("t", SetTo(), CostMeter("c", failing(_Injected))), ScheduledPolicy(()), 0, 3)
+    assert not hasattr(e1.value, "kmr_partial")
+    with pytest.raises(_Foreign) as e2:
+        budgeted_kmr(5, KMRTriple("t", SetTo(), CostMeter("c", failing(_Foreign))), ScheduledPolicy(()), 0, 3)
+    assert e2.value.kmr_partial is None  # type: ignore[attr-defined]
+    with pytest.raises(_Injected) as e3:  # Algorithm 10's own first measurement, likewise
+        composed_kmr(5, _three([[4]]), CostMeter("c", failing(_Injected)), 0, 3)
+    assert not hasattr(e3.value, "kmr_partial")
+    with pytest.raises(_Foreign) as e4:
+        composed_kmr(5, _three([[4]]), CostMeter("c", failing(_Foreign)), 0, 3)
+    assert e4.value.kmr_partial is None  # type: ignore[attr-defined]
+
+
+def test_pipeline_partial_on_an_error_inside_a_phase() -> None:
+    """KMR.alg1.error KMR.alg10.phase-trace: an error in p1's loop carries the pipeline so far: p0's
+    records and p1's accepted ones (t global), C(M_0), Q(M_0), status interrupted."""
+    class FailsAt5(SetTo):
+        def apply(self, model: int, knob: str, value: KnobValue) -> int:
+            if value == 5:
+                raise _Injected("rule failed")
+            return super().apply(model, knob, value)
+
+    phases = [*_three([[8]]), Phase("p1", FailsAt5(), ScheduledPolicy((Proposal("v", 7), Proposal("v", 5))))]
+    with pytest.raises(_Injected) as e:
+        composed_kmr(9, phases, CostMeter("c", lambda m: m), 0, 5, quality=QualityMeter("q", lambda m: -m))
+    assert _fields(_partial(e)) == (7, Status.INTERRUPTED, [(0, 8), (1, 7)], 0, 9, 7, -9.0, -7.0)
+
+
+@pytest.mark.parametrize("marker", [_AFTER_PHASE, "tri = KMRTriple(ph.name", "if acc.cost <= B:  # KMR.alg10.status"])
+@pytest.mark.parametrize("kind", [_Injected, _Foreign])
+def test_pipeline_partial_on_an_error_between_phases(marker: str, kind: type[Exception]) -> None:
+    """KMR.alg1.after-loop: an error raised after p0 returned, before p1's triple is built, or after
+    the last phase, carries the pipeline so far (p0 whole), never a partial brought from elsewhere."""
+    phases = _three([[8], [7]])
+    with pytest.raises(kind) as e:
+        _run_traced(_raise_at(marker, kind("injected"), 2 if "KMRTriple" in marker else 1),
+                    lambda: composed_kmr(9, phases, CostMeter("c", lambda m: m), 0, 5,
+                                         quality=QualityMeter("q", lambda m: -m)))
+    part = _partial(e)
+    if "alg10.status" in marker:  # after both phases
+        assert _fields(part) == (7, Status.INTERRUPTED, [(0, 8), (1, 7)], 0, 9, 7, -9.0, -7.0)
+    else:
+        assert _fields(part) == (8, Status.INTERRUPTED, [(0, 8)], 0, 9, 8, -9.0, -8.0)

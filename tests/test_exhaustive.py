@@ -75,12 +75,15 @@ def test_alg10_small_worlds_replayed_through_the_encoding() -> None:
     assert s.worlds == NR and (QUICK or s.replays > 10), s.line()
 
 
-@pytest.mark.parametrize("mode", ["interrupt", "error"])
+@pytest.mark.parametrize("mode", ["interrupt", "error", "foreign"])
 def test_raise_at_every_line(mode: str) -> None:
-    """KMR.alg1.interrupt KMR.alg1.error KMR.alg1.after-loop: an interrupt (or an error) raised by
+    """KMR.alg1.interrupt KMR.alg1.error KMR.alg1.after-loop KMR.alg10.phase-break KMR.alg10.status:
+    an interrupt (or an error, or an error that already carries another run's partial) raised by
     sys.settrace before every line budgeted.py and compose.py execute on worlds that reach every
     branch: never escapes the loop's try, keeps every streamed record, returns the last accepted
-    model with its cost and quality (the interrupt-reconcile branch is what makes this hold)."""
+    model with its cost and quality, C(M_0), Q(M_0) and B (the interrupt-reconcile branch is what
+    makes this hold); a partial's status is what an interrupt there gives, a pipeline's phases and
+    status are exactly those KMR.alg10.phase-break and KMR.alg10.status prescribe."""
     t = everywhere.check_all(mode, replay=not QUICK)
     assert t.points > 500 and t.handled > 400, t
 

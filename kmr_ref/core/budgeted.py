@@ -19,13 +19,22 @@ from kmr_ref.core.trace import KMRResult, Status, StepRecord
 M = TypeVar("M")
 
 
-def attach_partial(e: BaseException, partial: KMRResult[M]) -> None:
+def attach_partial(e: BaseException, partial: KMRResult[M] | None) -> None:
     """``KMR.alg1.error``: the result so far rides on the exception as ``e.kmr_partial``, with the
-    status an interrupt at that point would give (``interrupted``; ``feasible`` when C(M) <= B)."""
-    if partial.cost_final <= partial.budget:  # as line 13 of Algorithm 1 would
+    status an interrupt at that point would give (``interrupted``; ``feasible`` when C(M) <= B);
+    None: there is no result so far."""
+    if partial is not None and partial.cost_final <= partial.budget:  # as line 13 of Algorithm 1 would
         partial = dataclasses.replace(partial, status=Status.FEASIBLE)
     with contextlib.suppress(AttributeError, TypeError):  # exceptions that refuse attributes
         e.kmr_partial = partial  # type: ignore[attr-defined]
+
+
+def clear_partial(e: BaseException) -> None:
+    """``KMR.alg1.after-loop``: an interrupt or error before the loop has no result to carry; a
+    ``kmr_partial`` it brought from elsewhere (e.g. a nested run inside a meter) is not this run's
+    and is set to None, so that no caller takes it for this run's result."""
+    if getattr(e, "kmr_partial", None) is not None:
+        attach_partial(e, None)
 
 
 @dataclass(frozen=True)
@@ -84,27 +93,31 @@ def budgeted_kmr(
     the meters must be deterministic and nothing may modify the models it is shown
     (``KMR.meter.deterministic``, ``KMR.policy.no-mutation``; ``kmr_ref.core.checked`` checks both).
     """
-    # KMR.alg1.validate: B exact (KMR.budget.def, KMR.exact.binary64 for floats), N a non-negative int
-    # KMR.budget.schedule (a list is refused); a plain number is tested first, so a fixed budget takes
-    # no other branch (CrossHair explores budgeted_kmr with a symbolic int budget)
-    changing = not isinstance(budget, int | float | Fraction) and (callable(budget) or isinstance(budget, Iterator))
-    schedule = _Schedule[M](budget) if changing else None
-    B: Exact = 0 if schedule is not None else to_exact(budget, clause="KMR.alg1.validate", error=BudgetError,
-                                                       what="budget B")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")
-    N = max_steps
-    Q = triple.quality
-    m_cur, c_cur = model, triple.cost(model)  # KMR.alg1.init
-    q_cur = Q(model) if Q is not None else None
-    q0 = q_cur
-    c0 = c_cur
-    t = 0
-    trace: list[StepRecord] = []
-    status: Status | None = None
-    rb: Exact | None = None  # KMR.trace.budget: the budget a record shows (None for a fixed budget)
-    if schedule is not None:  # KMR.budget.read: B_0, before any rule runs
-        B = rb = schedule.read(BudgetState(0, model, c0, q0, ()), None)
+    try:  # KMR.alg1.after-loop: up to the loop there is no result to carry
+        # KMR.alg1.validate: B exact (KMR.budget.def, KMR.exact.binary64 for floats), N a non-negative int
+        # KMR.budget.schedule (a list is refused); a plain number is tested first, so a fixed budget takes
+        # no other branch (CrossHair explores budgeted_kmr with a symbolic int budget)
+        changing = not isinstance(budget, int | float | Fraction) and (callable(budget) or isinstance(budget, Iterator))
+        schedule = _Schedule[M](budget) if changing else None
+        B: Exact = 0 if schedule is not None else to_exact(budget, clause="KMR.alg1.validate", error=BudgetError,
+                                                           what="budget B")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+            raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")
+        N = max_steps
+        Q = triple.quality
+        m_cur, c_cur = model, triple.cost(model)  # KMR.alg1.init
+        q_cur = Q(model) if Q is not None else None
+        rb: Exact | None = None  # KMR.trace.budget: the budget a record shows (None for a fixed budget)
+        if schedule is not None:  # KMR.budget.read: B_0, before any rule runs
+            B = rb = schedule.read(BudgetState(0, model, c_cur, q_cur, ()), None)
+        q0 = q_cur
+        c0 = c_cur
+        t = 0
+        trace: list[StepRecord] = []
+        status: Status | None = None
+    except BaseException as e:
+        clear_partial(e)
+        raise
     try:  # one handler outside the loop's: nothing accepted is lost after the loop either
         try:
             while c_cur > B:  # KMR.alg1.loop-guard

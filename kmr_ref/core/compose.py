@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-from kmr_ref.core.budgeted import attach_partial, budgeted_kmr
+from kmr_ref.core.budgeted import attach_partial, budgeted_kmr, clear_partial
 from kmr_ref.core.errors import BudgetError, MeterError
 from kmr_ref.core.exact import Exact, to_exact
 from kmr_ref.core.meters import CostMeter, QualityMeter, as_cost_meter, as_quality_meter
@@ -52,16 +52,20 @@ def composed_kmr(
     on_record: Callable[[str, StepRecord], None] | None = None,
 ) -> ComposedResult[M]:
     """Run the phases in order, each as Algorithm 1 from the last accepted model."""
-    cost = as_cost_meter(cost)  # KMR.meter.cost-exact, also for a plain callable
-    quality = None if quality is None else as_quality_meter(quality)
-    B = to_exact(budget, clause="KMR.alg1.validate", error=BudgetError, what="budget B")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")
-    c0 = cost(model)  # KMR.alg10.init
-    q0 = quality(model) if quality is not None else None
-    acc = _Acc(model, c0, q0, 0, (), ())  # replaced by one store: an interrupt never splits it
-    outcomes: list[PhaseOutcome] = []
-    status = Status.FEASIBLE if c0 <= B else Status.POLICY_STOP
+    try:  # KMR.alg1.after-loop: up to the first measurement there is no result to carry
+        cost = as_cost_meter(cost)  # KMR.meter.cost-exact, also for a plain callable
+        quality = None if quality is None else as_quality_meter(quality)
+        B = to_exact(budget, clause="KMR.alg1.validate", error=BudgetError, what="budget B")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+            raise BudgetError("KMR.alg1.validate", f"step limit N must be an int >= 0, got {max_steps!r}")
+        c0 = cost(model)  # KMR.alg10.init
+        q0 = quality(model) if quality is not None else None
+        acc = _Acc(model, c0, q0, 0, (), ())  # replaced by one store: an interrupt never splits it
+        outcomes: list[PhaseOutcome] = []
+        status = Status.FEASIBLE if c0 <= B else Status.POLICY_STOP
+    except BaseException as e:
+        clear_partial(e)
+        raise
     try:  # KMR.alg1.after-loop: an interrupt or error between phases carries the pipeline so far
         for i, ph in enumerate(phases):  # KMR.alg10.phases
             if acc.cost <= B or acc.used >= max_steps:  # KMR.alg10.skip
@@ -69,27 +73,30 @@ def composed_kmr(
             tri = KMRTriple(ph.name, ph.rule, cost, quality)  # KMR.alg10.shared-cost
             res: KMRResult[M] | None = None
             merged, n_out = False, len(outcomes)  # what the handlers must still do for this phase
+            tagged = _tagged(on_record, ph.name, acc.used)
             try:
                 res = budgeted_kmr(acc.model, tri, ph.policy, B, max_steps - acc.used,  # KMR.alg10.phase-run
-                                   on_record=_tagged(on_record, ph.name, acc.used))
+                                   on_record=tagged)
                 if res.cost_initial != acc.cost:  # KMR.meter.deterministic: its start model, measured twice
                     raise MeterError("KMR.meter.deterministic", f"phase {ph.name!r}: cost meter {cost.name!r} "
                                      f"measured the same model as {acc.cost}, then as {res.cost_initial}")
                 acc, merged = acc.merged(ph.name, res), True  # KMR.alg10.phase-trace (one statement)
                 outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))  # then len(outcomes) > n_out
                 status = res.status  # KMR.alg10.phase-break: stalled / policy-stop end this phase only
-            except KeyboardInterrupt as e:  # KMR.alg1.interrupt outside the phase's own loop
-                part = getattr(e, "kmr_partial", None)
+            except BaseException as e:  # KMR.alg1.interrupt / KMR.alg1.error outside the phase's own loop
+                part = getattr(e, "kmr_partial", None)  # budgeted_kmr's own (it clears a foreign one)
                 if res is None and isinstance(part, KMRResult):  # after the phase's loop (KMR.alg1.after-loop)
                     res = part
+                if res is not None and not merged:  # the phase so far is kept: no record lost
+                    acc = acc.merged(ph.name, res)
+                if not isinstance(e, KeyboardInterrupt):
+                    raise  # KMR.alg1.error: propagates; the handler below attaches the pipeline so far
                 if res is None:  # while the phase measured its start model: as at its loop head
                     outcomes.append(PhaseOutcome(ph.name, Status.INTERRUPTED, 0))
                     status = Status.INTERRUPTED
                     break
                 # after the phase ended: keep it whole; the next phase that would run is interrupted
                 # at its loop head (none would: the pipeline is simply over)
-                if not merged:
-                    acc = acc.merged(ph.name, res)
                 if len(outcomes) == n_out:
                     outcomes.append(PhaseOutcome(ph.name, res.status, len(res.trace)))
                 status = res.status
@@ -98,21 +105,6 @@ def composed_kmr(
                     outcomes.append(PhaseOutcome(phases[i + 1].name, Status.INTERRUPTED, 0))
                     status = Status.INTERRUPTED
                 break
-            except Exception as e:  # KMR.alg1.error for the whole pipeline
-                part = getattr(e, "kmr_partial", None)
-                if res is not None:  # after the phase returned: the phase is kept whole
-                    if not merged:
-                        acc = acc.merged(ph.name, res)
-                    attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0,
-                                                acc.cost, q0, acc.quality))
-                elif isinstance(part, KMRResult):
-                    steps = acc.trace + tuple(replace(r, t=r.t + acc.used) for r in part.trace)
-                    attach_partial(e, KMRResult(part.model, Status.INTERRUPTED, steps, B, c0,
-                                                part.cost_final, q0, part.quality_final))
-                else:  # raised before the phase's loop (its first measurement): the pipeline so far
-                    attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0,
-                                                acc.cost, q0, acc.quality))
-                raise
             if status is Status.INTERRUPTED:
                 break
         if acc.cost <= B:  # KMR.alg10.status
@@ -121,9 +113,8 @@ def composed_kmr(
             status = Status.STEP_LIMIT
         result = KMRResult(acc.model, status, acc.trace, B, c0, acc.cost, q0, acc.quality)
         return ComposedResult(result, tuple(outcomes), acc.owners)  # KMR.alg10.return
-    except BaseException as e:
-        if not hasattr(e, "kmr_partial"):
-            attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0, acc.cost, q0, acc.quality))
+    except BaseException as e:  # KMR.alg1.after-loop: always the pipeline so far (a foreign partial is replaced)
+        attach_partial(e, KMRResult(acc.model, Status.INTERRUPTED, acc.trace, B, c0, acc.cost, q0, acc.quality))
         raise
 
 

@@ -38,6 +38,16 @@ class Injected(Exception):
     """The error raised at a line (``mode="error"``)."""
 
 
+class ForeignInjected(Injected):
+    """The error raised at a line in ``mode="foreign"``: it already carries a ``kmr_partial`` of some
+    other run (as an error from a nested run inside a meter would); no result may pass it on."""
+
+    kmr_partial: object = KMRResult("foreign", Status.FEASIBLE, (), 0, -1, -1, None, None)
+
+
+MODES = {"interrupt": KeyboardInterrupt, "error": Injected, "foreign": ForeignInjected}
+
+
 def _source(mod: types.ModuleType) -> ast.Module:
     with open(mod.__file__ or "", encoding="utf-8") as f:
         return ast.parse(f.read())
@@ -68,6 +78,11 @@ class Target:
     files: frozenset[str]
     skip: frozenset[tuple[str, int]]  # (file, line) of every ``try:`` (see _try_heads)
     guarded: dict[tuple[str, str], set[int]]  # (file, function) -> lines of its try bodies
+    # (file, line) of composed_kmr's call of budgeted_kmr: an exception raised there by the tracer
+    # stands for one raised by budgeted_kmr before its first line, i.e. only an asynchronous one (a
+    # signal), which never carries another run's partial: mode "foreign" does not raise there
+    # (every line of budgeted_kmr itself is a point of its own)
+    async_only: frozenset[tuple[str, int]] = frozenset()
 
 
 def target() -> Target:
@@ -76,7 +91,9 @@ def target() -> Target:
     files = frozenset({budgeted.__file__ or "", compose.__file__ or ""})
     skip = frozenset({(m.__file__ or "", ln) for m in (budgeted, compose) for ln in _try_heads(m)})
     return Target(files, skip, {(budgeted.__file__ or "", "budgeted_kmr"): _try_lines(budgeted, "budgeted_kmr"),
-                          (compose.__file__ or "", "composed_kmr"): _try_lines(compose, "composed_kmr")})
+                                (compose.__file__ or "", "composed_kmr"): _try_lines(compose, "composed_kmr")},
+                  frozenset((compose.__file__ or "", ln)
+                            for ln in _call_lines(compose, "composed_kmr", "budgeted_kmr")))
 
 
 def _guarded(frame: types.FrameType | None, tg: Target) -> bool:
@@ -95,10 +112,25 @@ class Point:
     guarded: bool = False
 
 
+def _call_lines(mod: types.ModuleType, fn: str, callee: str) -> set[int]:
+    """Lines of the statements of function ``fn`` that call ``callee`` (the whole statement)."""
+    out: set[int] = set()
+    for node in ast.walk(_source(mod)):
+        if isinstance(node, ast.FunctionDef) and node.name == fn:
+            for st in ast.walk(node):
+                if isinstance(st, ast.Assign) and any(isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+                                                      and c.func.id == callee for c in ast.walk(st.value)):
+                    out |= set(range(st.lineno, (st.end_lineno or st.lineno) + 1))
+    return out
+
+
 def _tracer(tg: Target, raise_at: int | None, exc: type[BaseException], counter: list[int],
             point: Point) -> Callable[[], Any]:
+    foreign = issubclass(exc, ForeignInjected)
+
     def local(frame: types.FrameType, event: str, arg: Any) -> Any:
-        if event == "line" and (frame.f_code.co_filename, frame.f_lineno) not in tg.skip:
+        where = (frame.f_code.co_filename, frame.f_lineno)
+        if event == "line" and where not in tg.skip and not (foreign and where in tg.async_only):
             k = counter[0]
             counter[0] += 1
             if raise_at is not None and k == raise_at:
@@ -119,9 +151,11 @@ def _tracer(tg: Target, raise_at: int | None, exc: type[BaseException], counter:
     return start
 
 
-def line_events(w: ex.World) -> int:
+def line_events(w: ex.World, exc: type[BaseException] = KeyboardInterrupt) -> int:
+    """The raise points of ``w``'s fault-free run for an ``exc`` (the line events, less those
+    ``exc`` is never raised at)."""
     counter = [0]
-    run = ex.run_code(w, tracer=_tracer(target(), None, KeyboardInterrupt, counter, Point()))
+    run = ex.run_code(w, tracer=_tracer(target(), None, exc, counter, Point()))
     assert run.error is None or w.fault.kind != "none", run.error
     return counter[0]
 
@@ -138,9 +172,9 @@ def check_everywhere(w: ex.World, mode: str = "interrupt", replay: bool = True) 
     w = dataclasses.replace(w, fault=ex.Fault())
     tg = target()
     exp = ex.interpret(w)
-    n = line_events(w)
+    exc: type[BaseException] = MODES[mode]
+    n = line_events(w, exc)
     tally = Tally()
-    exc: type[BaseException] = KeyboardInterrupt if mode == "interrupt" else Injected
     for k in range(n):
         point = Point()
         run = ex.run_code(w, tracer=_tracer(tg, k, exc, [0], point))
@@ -148,7 +182,7 @@ def check_everywhere(w: ex.World, mode: str = "interrupt", replay: bool = True) 
         here = f"{mode} at line event {k} ({point.where}, guarded={point.guarded})"
         part: KMRResult[ex.Toy] | None = run.result
         if run.error is not None:
-            if isinstance(run.error, KeyboardInterrupt) or (mode == "error" and
+            if isinstance(run.error, KeyboardInterrupt) or (mode != "interrupt" and
                                                             getattr(run.error, "kmr_partial", None) is None):
                 if point.guarded:
                     raise ex.Violation(f"[KMR.alg1.interrupt] {here}: escaped from a guarded point "
@@ -164,7 +198,7 @@ def check_everywhere(w: ex.World, mode: str = "interrupt", replay: bool = True) 
             if not isinstance(run.error, exc):
                 raise ex.Violation(f"[KMR.alg1.error] {here}: error changed to {run.error!r}; world {w}")
             part = run.error.kmr_partial  # type: ignore[attr-defined]
-        elif mode == "error":
+        elif mode != "interrupt":
             raise ex.Violation(f"[KMR.alg1.error] {here}: the error was swallowed; world {w}")
         tally.handled += 1
         assert part is not None
@@ -190,16 +224,46 @@ def _check_partial(w: ex.World, run: ex.Run, part: KMRResult[ex.Toy], exp: ex.Ex
     q = ex.quality_of if w.quality else (lambda _m: None)
     if part.cost_final != m.cost or part.quality_final != q(m):
         bad("KMR.prop1.last-accepted", f"final cost/quality {part.cost_final}/{part.quality_final} vs model {m}")
+    m0 = ex.Toy(w.c0)
+    if (part.cost_initial, part.quality_initial, part.budget) != (m0.cost, q(m0), w.budget):
+        bad("KMR.alg1.return", f"initial cost/quality, budget {part.cost_initial}/{part.quality_initial}, "
+                               f"{part.budget}: not C(M_0)/Q(M_0), B")
     want = Status.FEASIBLE if m.cost <= w.budget else Status.INTERRUPTED
-    if run.error is None and part.status not in (want, exp.status):
-        bad("KMR.alg1.interrupt", f"status {part.status}")
-    if run.error is None and part.status != exp.status and part.status != want:
+    if run.error is not None and part.status != want:  # KMR.alg1.after-loop: what an interrupt would give
+        bad("KMR.alg1.error", f"the partial's status is {part.status}, not {want}")
+    if run.error is None and run.composed is not None:
+        _check_phases(w, run.composed, part, exp, bad)
+    elif run.error is None and part.status not in (want, exp.status):
         bad("KMR.alg1.interrupt", f"status {part.status}")
     if run.error is None:
         ex.check_prop1(w, part, None if run.composed is None else
                        [(p.status, p.steps) for p in run.composed.phases])
         if replay:
             ex.replay_run(w, run)
+
+
+def _check_phases(w: ex.World, comp: Any, part: KMRResult[ex.Toy], exp: ex.Expected,
+                  bad: Callable[[str, str], None]) -> None:
+    """``KMR.alg10.phase-break`` / ``KMR.alg10.status`` after an interrupt, exactly: the phases
+    reported are the first ones of the fault-free run, in order and by name, all as they ended
+    there but the last, which may instead be ``interrupted`` with fewer records (the phase the
+    interrupt ended; ``0`` records: interrupted at its loop head) — never a phase the fault-free
+    run does not reach (after a phase that ends at C == B or at N steps, none would run); and the
+    status follows from them: ``feasible`` iff C <= B, else ``interrupted`` iff a phase was, else
+    ``step-limit`` at N accepted steps, else the last phase's status."""
+    got = [(p.name, p.status, p.steps) for p in comp.phases]
+    ran = [(f"p{k}", s, n) for k, s, n in exp.phases]
+    if [g[0] for g in got] != [f"p{j}" for j in range(len(got))] or len(got) > len(ran):
+        bad("KMR.alg10.phase-break", f"phases {got}; the fault-free run has {ran}")
+    if got[:-1] != ran[:len(got) - 1] or (got and got[-1] != ran[len(got) - 1] and not (
+            got[-1][1] is Status.INTERRUPTED and got[-1][2] <= ran[len(got) - 1][2])):
+        bad("KMR.alg10.phase-break", f"phases {got}; the fault-free run has {ran}")
+    used = sum(r.accepted for r in part.trace)
+    status = (Status.FEASIBLE if part.cost_final <= w.budget else Status.INTERRUPTED
+              if any(g[1] is Status.INTERRUPTED for g in got) else Status.STEP_LIMIT if used == w.n
+              else got[-1][1] if got else Status.POLICY_STOP)
+    if part.status is not status:
+        bad("KMR.alg10.status", f"status {part.status} with phases {got}, expected {status}")
 
 
 # worlds whose runs pass every line of both loops (accept, reject, step limit, policy stop,
@@ -212,6 +276,9 @@ WORLDS: tuple[ex.World, ...] = (
     ex.World(6, 1, 4, ((-1, 0), (-2, -1), (-1,)), composed=True),  # stall, accept, step-limit
     ex.World(6, 4, 3, ((-1,), (-2,)), composed=True),  # policy-stop, then feasible
     ex.World(6, 0, 2, ((-1,), (-1, -1)), composed=True, quality=False),  # the step limit across phases
+    ex.World(6, 0, 4, ((-1,), (-1,), (-1,)), composed=True),  # three policy stops: the next phase by name
+    ex.World(6, 5, 3, ((-1,), (-1,)), composed=True),  # the first phase ends at C == B: no next phase
+    ex.World(6, 0, 1, ((-1, -1), (-1,)), composed=True),  # the first phase ends at N: no next phase
 )
 
 

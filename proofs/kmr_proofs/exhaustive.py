@@ -604,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.everywhere:
             from kmr_proofs import everywhere
 
-            for mode in ("interrupt", "error"):
+            for mode in everywhere.MODES:
                 ta = everywhere.check_all(mode)
                 print(f"{mode} at every line: {ta.points} points, {ta.handled} handled, {ta.escaped} outside a try")
     except Violation as e:
