@@ -394,23 +394,37 @@ def test_quant_compiled_equals_reference(w: torch.Tensor, bits: int, scheme: ref
 
 @pytest.mark.parametrize("huge", [False, True])
 def test_empty_out_touches_pages_only(monkeypatch: pytest.MonkeyPatch, huge: bool) -> None:
-    """The kernels' output allocator pre-faults a large output (one zero per 4 KiB page, the
-    caller's thread count restored after) and, opted in, hints huge pages: the tensor has the
-    asked shape and dtype, holds what is written into it, and small outputs are plain ``empty``."""
+    """The kernels' output allocator: with the huge-page hint taken, a large output is pre-faulted
+    (one zero per 4 KiB page, on one intra-op thread, the caller's thread count restored after);
+    without it, or for a small output, it is a plain ``empty``. Either way the tensor has the asked
+    shape and dtype and holds what is written into it."""
     from kmr_ref.kernels import parallel
 
     monkeypatch.setattr(parallel, "HUGE_PAGES", huge)
+    hinted = huge and parallel._madvise() is not None
     threads = torch.get_num_threads()
+    zeroed: list[int] = []
+    real_zero = torch.Tensor.zero_
+
+    def spy(t: torch.Tensor) -> torch.Tensor:
+        zeroed.append(torch.get_num_threads())
+        return real_zero(t)
+
+    monkeypatch.setattr(torch.Tensor, "zero_", spy)
     for dt in (torch.float32, torch.int8):
-        out = parallel.empty_out((5 << 20,), dt, torch.device("cpu"))  # >= 4 MiB: pre-faulted
+        zeroed.clear()
+        out = parallel.empty_out((5 << 20,), dt, torch.device("cpu"))  # >= 4 MiB
         assert out.shape == (5 << 20,) and out.dtype == dt and torch.get_num_threads() == threads
-        step = 4096 // out.element_size()
-        assert int(out[::step].abs().sum()) == 0  # the touched entries (the rest is not read)
+        assert zeroed == ([1] if hinted else [])  # the touch: one op, one thread, only with the hint
+        if hinted:
+            step = 4096 // out.element_size()
+            assert int(out[::step].abs().sum()) == 0  # the touched entries (the rest is not read)
         src = torch.arange(5 << 20).to(dt)
         out.copy_(src)
         assert torch.equal(out, src)
+    zeroed.clear()
     small = parallel.empty_out((3, 4), torch.int8, torch.device("cpu"))
-    assert small.shape == (3, 4) and small.dtype == torch.int8
+    assert small.shape == (3, 4) and small.dtype == torch.int8 and zeroed == []
 
 
 def test_quant_negative_zero_trap() -> None:
@@ -454,3 +468,21 @@ def test_quant_bad_input() -> None:
         quantize_groups(torch.ones(2, 0), 8, "symmetric")
     with pytest.raises(TypeError):
         quantize_groups(torch.ones(4, dtype=torch.float32), 8, "symmetric")
+
+
+def test_workers_do_not_count_our_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """workers_for: the busy cores are the runnable threads of *other* processes. This process's own
+    runnable threads (torch's OpenMP threads spin after every parallel op) are subtracted from the
+    system's count, so an idle machine gets one worker per thread; with others running, fewer."""
+    import os
+
+    from kmr_ref.kernels import parallel
+
+    cpu = torch.device("cpu")
+    cores = len(os.sched_getaffinity(0))
+    assert parallel._own_running() >= 1  # the calling thread itself is running
+    monkeypatch.setattr(parallel, "_own_running", lambda: 10**6)  # every runnable thread is ours
+    assert parallel._others_running() == 0
+    assert parallel.workers_for(cpu) == min(torch.get_num_threads(), cores)
+    monkeypatch.setattr(parallel, "_others_running", lambda: 10**6)  # every core busy elsewhere
+    assert parallel.workers_for(cpu) == 1 and parallel.workers_for(cpu, 3) == 3

@@ -30,8 +30,8 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 
-__all__ = ["Scratch", "cache_bytes", "chunk_entries", "empty_out", "intra_op_threads", "map_chunks", "one_thread",
-           "workers_for"]
+__all__ = ["Scratch", "cache_bytes", "caller_threads", "chunk_entries", "empty_out", "intra_op_threads", "map_chunks",
+           "one_thread", "workers_for"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -123,58 +123,74 @@ def _madvise() -> Callable[[int, int, int], int] | None:
     return cast(Callable[[int, int, int], int], fn)
 
 
-HUGE_PAGES = os.environ.get("KMR_HUGE_PAGES", "0") == "1"  # opt-in: measured slower at 100M (below)
-PREFAULT = os.environ.get("KMR_PREFAULT", "1") != "0"  # KMR_PREFAULT=0 turns the parallel pre-fault off
+HUGE_PAGES = os.environ.get("KMR_HUGE_PAGES", "1") != "0"  # KMR_HUGE_PAGES=0 turns the huge-page hint off
 _PAGE = 4096
 
 
-def empty_out(shape: Sequence[int], dtype: torch.dtype, device: torch.device, *, prefault: bool = True) -> torch.Tensor:
-    """``torch.empty`` for a kernel's output, its pages mapped in parallel before the kernel writes it.
+def empty_out(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty`` for a kernel's output, backed by transparent huge pages where Linux offers them.
 
     Why: a large fresh allocation (glibc maps anything over its mmap threshold, at most 32 MiB,
     afresh on every call) is mapped page by page on first write, and in a VM those 4 KiB page
-    faults cost more than the write itself: at 100M parameters a ``clone()`` took 0.84 s, the same
-    copy into touched memory 0.27 s. ``clone()`` takes those faults on every intra-op thread at
-    once; a kernel whose workers are fewer (one per core *not busy*, :func:`workers_for`) took
-    them on one core. So an output of 4 MiB or more is touched once per page, one strided
-    ``zero_`` with the caller's intra-op thread count (one large op: one barrier, not thousands),
-    then written by the kernel. The touch writes 1/1024 of the bytes; memory the allocator
-    recycles is already mapped and costs only that. It changes no value the kernel returns
-    (every entry is written afterwards). Off with ``KMR_PREFAULT=0``, or ``prefault=False`` for
-    one output: the pruning kernel passes that, as it allocates its outputs lazily inside the pass
-    (often in a worker thread, with one intra-op thread) and measured slower with the touch (20M,
-    two interleaved A/B runs at load ~14: 0.73 vs 0.62 s and 0.67 vs 0.42 s).
+    faults cost more than the write itself. At 100M parameters (AMD EPYC, quiet), the quantization
+    kernel took 0.087 s writing into pre-touched outputs and 0.25 s into fresh ones; a ``clone()``
+    took 0.15 s against 0.03 s for the same copy into touched memory.
 
-    ``KMR_HUGE_PAGES=1`` also gives ``madvise(MADV_HUGEPAGE)`` over the 2 MiB-aligned interior
-    (Linux THP in ``madvise`` mode): 43 ms instead of 67-90 ms to fill 64 MiB in a plain copy, but
-    the quantization kernel at 100M took 3.4 s with it against 1.45 s without (the kernel zeroes
-    each 2 MiB page at the fault, evicting the cache-resident block the kernel works on), so it
-    is off by default."""
+    So, on CPU, an output of 4 MiB or more gets, where transparent huge pages are in ``madvise``
+    or ``always`` mode, ``madvise(MADV_HUGEPAGE)`` over its 2 MiB-aligned interior, and is then
+    touched once per 4 KiB page by the calling thread (one strided ``zero_``, one intra-op thread:
+    the interior faults once per 2 MiB, the kernel zeroing each huge page here rather than in the
+    middle of a pass, where it would evict the block the kernel keeps in cache). Measured (100M,
+    quiet): 400 MB of outputs mapped in 0.05 s instead of 0.2 s. Where the hint is refused or
+    unavailable, nothing is touched: the kernel's workers take the 4 KiB faults as they write (a
+    multi-threaded touch was tried and dropped: under load it waits for a descheduled peer thread,
+    the very cost the kernels avoid). ``KMR_HUGE_PAGES=0`` turns the hint off. Neither changes a
+    value the kernel returns (every entry is written afterwards)."""
     t = torch.empty(tuple(shape), dtype=dtype, device=device)
     nbytes = t.numel() * t.element_size()
     if device.type != "cpu" or nbytes < 2 * _HUGE:
         return t
     madvise = _madvise() if HUGE_PAGES else None
-    if madvise is not None:
-        p = t.data_ptr()
-        a, e = (p + _HUGE - 1) & ~(_HUGE - 1), (p + nbytes) & ~(_HUGE - 1)
-        if e > a:
-            madvise(a, e - a, _MADV_HUGEPAGE)  # a hint: failure (EINVAL, ENOMEM) changes nothing
-    if PREFAULT and prefault:
-        threads = getattr(_caller, "threads", None) or torch.get_num_threads()
-        with intra_op_threads(threads):
+    if madvise is None:
+        return t
+    p = t.data_ptr()
+    a, e = (p + _HUGE - 1) & ~(_HUGE - 1), (p + nbytes) & ~(_HUGE - 1)
+    if e > a and madvise(a, e - a, _MADV_HUGEPAGE) == 0:  # a hint: on failure, 4 KiB pages as before
+        with intra_op_threads(1):
             t.view(-1)[:: max(1, _PAGE // t.element_size())].zero_()  # one write per page
     return t
 
 
+def _own_running() -> int:
+    """Threads of this process that are runnable right now (state ``R`` in
+    ``/proc/self/task/*/stat``), the calling thread included; 1 where unknown."""
+    n = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        n += stat[stat.rfind(")") + 2: stat.rfind(")") + 3] == "R"
+    return max(1, n)
+
+
 def _others_running() -> int:
-    """Runnable threads of other processes right now: the ``R`` of ``/proc/loadavg``'s ``R/T``
-    field, less the calling thread (0 where unknown)."""
+    """Runnable threads of *other* processes right now: the ``R`` of ``/proc/loadavg``'s ``R/T``
+    field less this process's own runnable threads (0 where unknown). Our own threads must not
+    count: after a multi-threaded ATen op, torch's OpenMP threads spin-wait for the next parallel
+    region and show as runnable, so an idle machine looked busy and every call got one worker
+    (100M, quiet: ``workers`` was 1 at every call, and the prune took 0.31 s against 0.17 s with two)."""
     try:
         with open("/proc/loadavg") as f:
-            return max(0, int(f.read().split()[3].split("/")[0]) - 1)
+            total = int(f.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return 0
+    return max(0, total - _own_running())
 
 
 def workers_for(device: torch.device, workers: int | None = None) -> int:
@@ -191,8 +207,13 @@ def workers_for(device: torch.device, workers: int | None = None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    threads = getattr(_caller, "threads", None) or torch.get_num_threads()
-    return max(1, min(threads, cores, cores - _others_running()))
+    return max(1, min(caller_threads(), cores, cores - _others_running()))
+
+
+def caller_threads() -> int:
+    """The intra-op thread count of the kernel's caller (inside :func:`one_thread`, the count before
+    it was set to 1)."""
+    return getattr(_caller, "threads", None) or torch.get_num_threads()
 
 
 @contextmanager

@@ -483,7 +483,7 @@ def prune_global(tensors: Sequence[torch.Tensor], k: int, *, chunk: int | None =
     def out(i: int) -> torch.Tensor:
         o = outs.get(i)
         if o is None:  # allocated on first use (workers may race: setdefault keeps one of them)
-            o = outs.setdefault(i, empty_out(p.flats[i].shape, p.flats[i].dtype, p.device, prefault=False))
+            o = outs.setdefault(i, empty_out(p.flats[i].shape, p.flats[i].dtype, p.device))
         return o
 
     def sink(i: int, a0: int, a1: int, x: torch.Tensor, m: torch.Tensor) -> None:

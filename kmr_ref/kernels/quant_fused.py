@@ -151,11 +151,11 @@ def quantize_groups(w2d: torch.Tensor, bits: int, scheme: Scheme, *, dequant: bo
     dev = w.device
     asym = scheme == "asymmetric"
     cdt = out_codes_dtype or codes_dtype(bits, scheme)
+    nw = workers_for(dev, workers)
     codes = empty_out((g, length), cdt, dev)
     dq = empty_out((g, length), torch.float32, dev) if dequant else None
     scale = torch.empty(g, dtype=torch.float32, device=dev)
     zp = torch.empty(g, dtype=torch.int64, device=dev)
-    nw = workers_for(dev, workers)
     ch = chunk or chunk_entries(dev, g * length, 4 + 4 + 4 + 1, nw)  # weight, temp, dequant, codes
     fused = _compiled.get(dev.type) if compile else None
 
