@@ -106,3 +106,26 @@ def test_interpreter_is_not_vacuous() -> None:
     for b in bad:
         with pytest.raises(ex.Violation):
             ex.check_run(w, b, exp)
+
+
+def test_guarded_points_cover_both_loops() -> None:
+    """The every-line check knows where an interrupt must not escape: the try bodies whose handler
+    stops a KeyboardInterrupt. They hold Algorithm 1's policy call and Algorithm 10's call of a
+    phase, and not the set-up before either loop (whose handlers re-raise), so a change in how the
+    handlers are written cannot silently turn the check off."""
+    import linecache
+
+    from kmr_ref.core import budgeted, compose
+
+    tg = everywhere.target()
+
+    def lines(mod: object, fn: str, text: str) -> set[int]:
+        f = mod.__file__  # type: ignore[attr-defined]
+        return {n for n in range(1, 400) if text in linecache.getline(f, n)}
+
+    g1 = tg.guarded[(budgeted.__file__ or "", "budgeted_kmr")]
+    g10 = tg.guarded[(compose.__file__ or "", "composed_kmr")]
+    assert lines(budgeted, "budgeted_kmr", "p = policy(PolicyState(") <= g1
+    assert lines(compose, "composed_kmr", "res = budgeted_kmr(") <= g10
+    assert not lines(budgeted, "budgeted_kmr", "triple.cost(model)  # KMR.alg1.init") & g1
+    assert not lines(compose, "composed_kmr", "c0 = cost(model)  # KMR.alg10.init") & g10

@@ -150,15 +150,12 @@ def budgeted_kmr(
                 t += 1  # KMR.alg1.step
                 if schedule is not None:  # KMR.budget.read: B_t, for the loop guard of iteration t
                     B = rb = schedule.read(BudgetState(t, m_cur, c_cur, q_cur, tuple(trace)), B)
-        except KeyboardInterrupt:  # KMR.alg1.interrupt
-            status = Status.INTERRUPTED
+        except BaseException as e:  # KMR.alg1.interrupt / KMR.alg1.error
             if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
                 m_cur, c_cur, q_cur = m_new, c_new, q_new  # interrupted between recording and accepting
-        except Exception as e:  # KMR.alg1.error: propagate, carrying what was accepted so far
-            if trace and trace[-1].accepted and trace[-1].cost_after != c_cur:
-                m_cur, c_cur, q_cur = m_new, c_new, q_new
-            attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))
-            raise
+            if not isinstance(e, KeyboardInterrupt):
+                raise  # KMR.alg1.error: propagates; the handler below attaches what was accepted so far
+            status = Status.INTERRUPTED
         if status is not Status.INTERRUPTED and triple.cost(m_cur) != c_cur:  # KMR.meter.deterministic
             raise MeterError("KMR.meter.deterministic", f"cost meter {triple.cost.name!r} measured the "
                                                         f"returned model as {c_cur}, then differently")

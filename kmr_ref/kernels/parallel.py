@@ -124,7 +124,6 @@ def _madvise() -> Callable[[int, int, int], int] | None:
 
 
 HUGE_PAGES = os.environ.get("KMR_HUGE_PAGES", "1") != "0"  # KMR_HUGE_PAGES=0 turns the huge-page hint off
-_PAGE = 4096
 
 
 def empty_out(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -136,28 +135,26 @@ def empty_out(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
     kernel took 0.087 s writing into pre-touched outputs and 0.25 s into fresh ones; a ``clone()``
     took 0.15 s against 0.03 s for the same copy into touched memory.
 
-    So, on CPU, an output of 4 MiB or more gets, where transparent huge pages are in ``madvise``
-    or ``always`` mode, ``madvise(MADV_HUGEPAGE)`` over its 2 MiB-aligned interior, and is then
-    touched once per 4 KiB page by the calling thread (one strided ``zero_``, one intra-op thread:
-    the interior faults once per 2 MiB, the kernel zeroing each huge page here rather than in the
-    middle of a pass, where it would evict the block the kernel keeps in cache). Measured (100M,
-    quiet): 400 MB of outputs mapped in 0.05 s instead of 0.2 s. Where the hint is refused or
-    unavailable, nothing is touched: the kernel's workers take the 4 KiB faults as they write (a
-    multi-threaded touch was tried and dropped: under load it waits for a descheduled peer thread,
-    the very cost the kernels avoid). ``KMR_HUGE_PAGES=0`` turns the hint off. Neither changes a
-    value the kernel returns (every entry is written afterwards)."""
+    So, on CPU, an output of 4 MiB or more gets ``madvise(MADV_HUGEPAGE)`` over its 2 MiB-aligned
+    interior where transparent huge pages are in ``madvise`` or ``always`` mode: the workers'
+    first writes then fault once per 2 MiB, in parallel, as they write their chunks. Measured
+    (100M, quiet, ``python -m kmr_ref.bench.worker --interleave quant_per_channel 100000000 8 2
+    cpu ours,copy``, medians of 8): quantization 0.14 s with the hint and no touch, 0.17-0.19 s
+    with the hint and a touch of every page on the calling thread first (with stalls of 0.5-1.2 s
+    in one round of eight, as the kernel compacted memory for the huge pages inside that serial
+    touch), 0.22 s without the hint; ``clone()`` 0.10-0.12 s. The pruning kernel (medians of 6):
+    0.27 s against 0.29 s with the touch. ``KMR_HUGE_PAGES=0`` turns the hint off. It changes no value the
+    kernel returns (every entry is written)."""
     t = torch.empty(tuple(shape), dtype=dtype, device=device)
     nbytes = t.numel() * t.element_size()
     if device.type != "cpu" or nbytes < 2 * _HUGE:
         return t
     madvise = _madvise() if HUGE_PAGES else None
-    if madvise is None:
-        return t
-    p = t.data_ptr()
-    a, e = (p + _HUGE - 1) & ~(_HUGE - 1), (p + nbytes) & ~(_HUGE - 1)
-    if e > a and madvise(a, e - a, _MADV_HUGEPAGE) == 0:  # a hint: on failure, 4 KiB pages as before
-        with intra_op_threads(1):
-            t.view(-1)[:: max(1, _PAGE // t.element_size())].zero_()  # one write per page
+    if madvise is not None:
+        p = t.data_ptr()
+        a, e = (p + _HUGE - 1) & ~(_HUGE - 1), (p + nbytes) & ~(_HUGE - 1)
+        if e > a:
+            madvise(a, e - a, _MADV_HUGEPAGE)  # a hint: on failure (EINVAL, ENOMEM), 4 KiB pages as before
     return t
 
 

@@ -39,11 +39,6 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "                m_cur, c_cur, q_cur = m_new, c_new, q_new  # interrupted between recording and accepting\n",
         "            pass\n",
         "the interrupt-reconcile branch deleted (KMR.alg1.interrupt, P1e)"),
-    "budgeted-no-reconcile-error": (
-        "budgeted.py",
-        "                m_cur, c_cur, q_cur = m_new, c_new, q_new\n            attach_partial",
-        "                pass\n            attach_partial",
-        "the error path's reconcile deleted (KMR.alg1.error)"),
     "budgeted-no-after-loop-partial": (
         "budgeted.py",
         "        attach_partial(e, KMRResult(m_cur, Status.INTERRUPTED, tuple(trace), B, c0, c_cur, q0, q_cur))\n"

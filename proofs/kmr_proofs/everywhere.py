@@ -61,14 +61,21 @@ def _try_heads(mod: types.ModuleType) -> set[int]:
     return {n.lineno for n in ast.walk(_source(mod)) if isinstance(n, ast.Try)}
 
 
+def _stops_interrupt(h: ast.ExceptHandler) -> bool:
+    """Does this handler catch KeyboardInterrupt (``except KeyboardInterrupt`` or ``except
+    BaseException``) without always re-raising it (its last statement is not a bare ``raise``)?"""
+    catches = isinstance(h.type, ast.Name) and h.type.id in ("KeyboardInterrupt", "BaseException")
+    return catches and not (isinstance(h.body[-1], ast.Raise) and h.body[-1].exc is None)
+
+
 def _try_lines(mod: types.ModuleType, fn: str) -> set[int]:
-    """Lines of the ``try`` bodies of function ``fn`` that catch KeyboardInterrupt (not the handlers)."""
+    """Lines of the ``try`` bodies of function ``fn`` whose handlers stop a KeyboardInterrupt (not
+    the handlers themselves): an interrupt there must never escape."""
     out: set[int] = set()
     for node in ast.walk(_source(mod)):
         if isinstance(node, ast.FunctionDef) and node.name == fn:
             for sub in ast.walk(node):
-                if isinstance(sub, ast.Try) and any(
-                        isinstance(h.type, ast.Name) and h.type.id == "KeyboardInterrupt" for h in sub.handlers):
+                if isinstance(sub, ast.Try) and any(_stops_interrupt(h) for h in sub.handlers):
                     out |= set(range(sub.body[0].lineno, (sub.body[-1].end_lineno or sub.body[-1].lineno) + 1))
     return out
 
