@@ -156,7 +156,7 @@ def quantize_groups(w2d: torch.Tensor, bits: int, scheme: Scheme, *, dequant: bo
     dq = empty_out((g, length), torch.float32, dev) if dequant else None
     scale = torch.empty(g, dtype=torch.float32, device=dev)
     zp = torch.empty(g, dtype=torch.int64, device=dev)
-    ch = chunk or chunk_entries(dev, g * length, 4 + 4 + 4 + 1, nw)  # weight, temp, dequant, codes
+    ch = chunk or chunk_entries(dev, g * length, 4 + 4 + 1, nw)  # weight, dequant (the work buffer), codes
     fused = _compiled.get(dev.type) if compile else None
 
     def work(blocks: list[Block], s: Scratch) -> None:
@@ -176,7 +176,10 @@ def quantize_groups(w2d: torch.Tensor, bits: int, scheme: Scheme, *, dequant: bo
         zpf_c = z.to(torch.float32)[:, None]  # exact: |zp| <= 65535
         for _, _, c0, c1 in blocks:
             x = w[r0:r1, c0:c1]
-            t = s.buf("t", x.numel(), torch.float32, dev, ch).view(r1 - r0, c1 - c0)
+            # the work buffer is the block's own region of the dequantized output (one buffer less
+            # in cache: 0.139 vs 0.149 s at 100M, medians of 10 interleaved rounds), else a scratch
+            t = (dq[r0:r1, c0:c1] if dq is not None
+                 else s.buf("t", x.numel(), torch.float32, dev, ch).view(r1 - r0, c1 - c0))
             torch.mul(x, inv_c, out=t)  # KMR.quant.rounding: fp32 multiply by inv_scale
             t.round_()  # KMR.quant.rounding: half to even
             if asym:
@@ -188,7 +191,7 @@ def quantize_groups(w2d: torch.Tensor, bits: int, scheme: Scheme, *, dequant: bo
                     t.sub_(zpf_c)  # q - zp, exact; x - x is +0.0
                 else:  # q + 0.0 changes no bit except -0.0 -> +0.0, as the reference's int64 q - zp
                     t.add_(0.0)
-                torch.mul(t, sc_c, out=dq[r0:r1, c0:c1])  # KMR.quant.dequant: one fp32 multiply
+                t.mul_(sc_c)  # KMR.quant.dequant: one fp32 multiply, in the output
 
     items = _row_blocks(g, length, ch)
     if compile and fused is None:  # first compiled call in this process: compile on the first block, timed
