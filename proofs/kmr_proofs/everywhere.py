@@ -61,6 +61,14 @@ def _try_heads(mod: types.ModuleType) -> set[int]:
     return {n.lineno for n in ast.walk(_source(mod)) if isinstance(n, ast.Try)}
 
 
+def _base_name(name: str) -> str:
+    """A function's name without mutmut's renaming (``x_NAME__mutmut_orig``, ``x_NAME__mutmut_12``),
+    so that the checks find the same functions in a mutated copy."""
+    if name.startswith("x_") and "__mutmut_" in name:
+        return name[2:name.index("__mutmut_")]
+    return name
+
+
 def _stops_interrupt(h: ast.ExceptHandler) -> bool:
     """Does this handler catch KeyboardInterrupt (``except KeyboardInterrupt`` or ``except
     BaseException``) without always re-raising it (its last statement is not a bare ``raise``)?"""
@@ -73,7 +81,7 @@ def _try_lines(mod: types.ModuleType, fn: str) -> set[int]:
     the handlers themselves): an interrupt there must never escape."""
     out: set[int] = set()
     for node in ast.walk(_source(mod)):
-        if isinstance(node, ast.FunctionDef) and node.name == fn:
+        if isinstance(node, ast.FunctionDef) and _base_name(node.name) == fn:
             for sub in ast.walk(node):
                 if isinstance(sub, ast.Try) and any(_stops_interrupt(h) for h in sub.handlers):
                     out |= set(range(sub.body[0].lineno, (sub.body[-1].end_lineno or sub.body[-1].lineno) + 1))
@@ -90,6 +98,9 @@ class Target:
     # signal), which never carries another run's partial: mode "foreign" does not raise there
     # (every line of budgeted_kmr itself is a point of its own)
     async_only: frozenset[tuple[str, int]] = frozenset()
+    # (file, function) of mutmut's machinery in a mutated copy (its trampoline and the wrappers that
+    # call it): not traced, so a mutant has the raise points of the original code and no more
+    machinery: frozenset[tuple[str, str]] = frozenset()
 
 
 def target() -> Target:
@@ -97,16 +108,18 @@ def target() -> Target:
 
     files = frozenset({budgeted.__file__ or "", compose.__file__ or ""})
     skip = frozenset({(m.__file__ or "", ln) for m in (budgeted, compose) for ln in _try_heads(m)})
+    machinery = frozenset((m.__file__ or "", n) for m in (budgeted, compose) for n in vars(m)
+                          if n == "_mutmut_trampoline" or f"x_{n}__mutmut_orig" in vars(m))
     return Target(files, skip, {(budgeted.__file__ or "", "budgeted_kmr"): _try_lines(budgeted, "budgeted_kmr"),
                                 (compose.__file__ or "", "composed_kmr"): _try_lines(compose, "composed_kmr")},
                   frozenset((compose.__file__ or "", ln)
-                            for ln in _call_lines(compose, "composed_kmr", "budgeted_kmr")))
+                            for ln in _call_lines(compose, "composed_kmr", "budgeted_kmr")), machinery)
 
 
 def _guarded(frame: types.FrameType | None, tg: Target) -> bool:
     """Is some frame on the stack inside the try body of budgeted_kmr / composed_kmr?"""
     while frame is not None:
-        key = (frame.f_code.co_filename, frame.f_code.co_name)
+        key = (frame.f_code.co_filename, _base_name(frame.f_code.co_name))
         if key in tg.guarded and frame.f_lineno in tg.guarded[key]:
             return True
         frame = frame.f_back
@@ -123,7 +136,7 @@ def _call_lines(mod: types.ModuleType, fn: str, callee: str) -> set[int]:
     """Lines of the statements of function ``fn`` that call ``callee`` (the whole statement)."""
     out: set[int] = set()
     for node in ast.walk(_source(mod)):
-        if isinstance(node, ast.FunctionDef) and node.name == fn:
+        if isinstance(node, ast.FunctionDef) and _base_name(node.name) == fn:
             for st in ast.walk(node):
                 if isinstance(st, ast.Assign) and any(isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
                                                       and c.func.id == callee for c in ast.walk(st.value)):
@@ -147,7 +160,8 @@ def _tracer(tg: Target, raise_at: int | None, exc: type[BaseException], counter:
         return local
 
     def glob(frame: types.FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename in tg.files:
+        if frame.f_code.co_filename in tg.files and (frame.f_code.co_filename,
+                                                    frame.f_code.co_name) not in tg.machinery:
             return local
         return None
 
