@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -49,7 +51,15 @@ MODES = {"interrupt": KeyboardInterrupt, "error": Injected, "foreign": ForeignIn
 
 
 def _source(mod: types.ModuleType) -> ast.Module:
-    with open(mod.__file__ or "", encoding="utf-8") as f:
+    path = mod.__file__ or ""
+    return _parsed(path, os.stat(path).st_mtime_ns)
+
+
+@functools.cache
+def _parsed(path: str, mtime_ns: int) -> ast.Module:
+    """The parsed file, once per version (a mutated copy holds hundreds of functions: parsing it for
+    every world would cost more than the runs)."""
+    with open(path, encoding="utf-8") as f:
         return ast.parse(f.read())
 
 
@@ -104,6 +114,13 @@ class Target:
 
 
 def target() -> Target:
+    from kmr_ref.core import budgeted, compose
+
+    return _target(tuple((m.__file__ or "", os.stat(m.__file__ or "").st_mtime_ns) for m in (budgeted, compose)))
+
+
+@functools.cache
+def _target(versions: tuple[tuple[str, int], ...]) -> Target:
     from kmr_ref.core import budgeted, compose
 
     files = frozenset({budgeted.__file__ or "", compose.__file__ or ""})
