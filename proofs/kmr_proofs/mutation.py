@@ -4,11 +4,11 @@
 *committed* tree (``git archive HEAD``: other people's uncommitted edits never leak in) to the
 scratch folder, lays the files named by ``KMR_MUTATION_OVERLAY`` over it from the working tree
 (default: none), adds the mutmut configuration below to the copy's ``pyproject.toml``, runs
-``mutmut run`` there at low priority (``--max-children``: workers, default 1), and writes ``proofs/mutation_report.json``:
-every mutant's name and status, the score per mutated file with that file's SHA-256 (so a report
-older than the code is visible: ``stale``), the survivors, and which survivors
-``proofs/equivalent_mutants.json`` lists as equivalent (with the reason). The working tree is
-never mutated.
+``mutmut run`` there at low priority (``--max-children``: workers, default 1), and writes
+``proofs/mutation_report.json``: every mutant's name and status, the score per mutated file with
+that file's SHA-256 (so a report older than the code is visible: ``stale``), the survivors, and
+which survivors ``proofs/equivalent_mutants.json`` lists as equivalent (with the reason). The
+working tree is never mutated.
 
 ``recheck --dest D`` copies the current test files (``KMR_MUTATION_OVERLAY``, default: the core
 unit tests) into the scratch folder ``D`` of an earlier run and reruns that report's survivors
