@@ -487,3 +487,23 @@ def test_workers_do_not_count_our_own_threads(monkeypatch: pytest.MonkeyPatch) -
     assert parallel.workers_for(cpu) == min(torch.get_num_threads(), cores)
     monkeypatch.setattr(parallel, "_others_running", lambda: 10**6)  # every core busy elsewhere
     assert parallel.workers_for(cpu) == 1 and parallel.workers_for(cpu, 3) == 3
+
+
+@given(st.integers(1, 3000), st.sampled_from([torch.int16, torch.int32, torch.int64]), st.integers(0, 2**31 - 1),
+       st.sampled_from([0.0, 0.01, 0.5, 1.0]))
+def test_band_positions_are_torch_nonzero(n: int, dt: torch.dtype, seed: int, density: float) -> None:
+    """KMR.prune.tie-break (collection order): the CPU band collector (bool mask, numpy's
+    flatnonzero) gives exactly torch.nonzero's ascending positions of the entries where the two
+    integer views differ: none, all, and every density between; a Scratch buffer reused across calls
+    of different lengths."""
+    from kmr_ref.kernels.parallel import Scratch
+    from kmr_ref.kernels.prune_select import _band_positions
+
+    g = torch.Generator().manual_seed(seed)
+    o = torch.randint(-5, 5, (n,), generator=g).to(dt)
+    u = torch.where(torch.rand(n, generator=g) < density, o + 1, o)
+    s = Scratch()
+    for m in (n, max(1, n // 3), n):
+        got = _band_positions(o[:m], u[:m], s)
+        want = torch.ne(o[:m], u[:m]).nonzero().view(-1)
+        assert got.dtype == torch.int64 and torch.equal(got, want)

@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from kmr_ref.core.errors import KnobDomainError, RuleInputError
@@ -367,6 +368,19 @@ def _sampled_band(p: _Plan, k: int, sample: int) -> tuple[torch.Tensor, torch.Te
     return lo, hi
 
 
+def _band_positions(o: torch.Tensor, u: torch.Tensor, s: Scratch) -> torch.Tensor:
+    """Ascending flat positions where the integer views ``o`` (|w| < lo written as +0.0) and ``u``
+    (also |w| <= hi written as +0.0) differ: the band lo <= |w| <= hi (below it both hold +0.0,
+    above it the same bits). On CPU a bool mask and numpy's ``flatnonzero`` (0.13 ms per 2^19
+    entries here, against 0.79 ms for ``torch.sub`` + ``nonzero``; numpy releases the GIL, so the
+    workers stay parallel); elsewhere ``torch.nonzero``. The same positions either way."""
+    if o.device.type != "cpu":
+        return torch.ne(o, u).nonzero().view(-1)
+    m = s.buf("band", o.numel(), torch.bool, o.device, o.numel())
+    np.not_equal(o.numpy(), u.numpy(), out=m.numpy())
+    return torch.from_numpy(np.flatnonzero(m.numpy()))
+
+
 def _write_band(p: _Plan, k: int, band: tuple[torch.Tensor, torch.Tensor], sink_out: Callable[[int], torch.Tensor],
                 fix: Fix, limit: int) -> list[bool]:
     """One pass: every chunk is written with |w| < lo pruned (one ``hardshrink``, which writes +0.0
@@ -391,7 +405,7 @@ def _write_band(p: _Plan, k: int, band: tuple[torch.Tensor, torch.Tensor], sink_
             u.zero_()
         else:
             torch.ops.aten.hardshrink.out(o, lam_hi[x.dtype], out=u)  # |w| > hi
-        idx = torch.sub(o, u, out=u).view(ints).nonzero().view(-1)  # x - 0 = x in the band, x - x = +0 above
+        idx = _band_positions(o.view(ints), u.view(ints), s)
         collected[0] += idx.numel()  # read by every worker: only an early stop, never a result
         if collected[0] > limit:
             raise _BandMiss
