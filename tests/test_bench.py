@@ -119,3 +119,22 @@ def test_bench_compile_reports_compile_apart(capsys: pytest.CaptureFixture[str])
     assert len(c["raw"]["ours_compiled"]["times"]) == 2
     assert c["ours_compiled_s"] > 0 and c["compile_s"] > c["ours_compiled_s"]
     assert c["vs_copy_compiled"] == pytest.approx(c["ours_compiled_s"] / c["copy_s"])
+
+
+def test_every_timed_call_starts_from_released_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interleaved timing returns the allocator's free memory to the OS before each timed call
+    on CPU (every implementation's results on fresh pages, whichever ran before it), and glibc's
+    malloc_trim is really found and called here."""
+    from kmr_ref.bench import worker
+
+    assert worker.release_free_memory() is True  # glibc on this platform
+    calls: list[int] = []
+    real = worker.release_free_memory
+
+    def counted() -> bool:
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(worker, "release_free_memory", counted)
+    out = worker.interleave("quant_per_channel", ["ours", "copy"], 4096, 3, 1, "cpu")
+    assert len(calls) == 3 * 2 and all(len(v) == 3 for v in out["times"].values())

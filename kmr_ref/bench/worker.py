@@ -25,6 +25,8 @@ Implementations per case:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import importlib.util
 import json
@@ -221,6 +223,23 @@ def measure(case: str, impl: str, size: int, repeats: int, threads: int, device:
     }
 
 
+def release_free_memory() -> bool:
+    """Return the allocator's free memory to the OS (glibc ``malloc_trim(0)``), so that every timed
+    call finds the same allocator state: its results on fresh pages, whichever implementation ran
+    before it (else a call right after one that freed its outputs reuses their pages, and one right
+    after torch's pruning, which frees 4 GB, does not). False where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
+
+
 def interleave(case: str, impls: list[str], size: int, repeats: int, threads: int, device: str) -> dict[str, Any]:
     """Time every implementation on one model in ONE process, round-robin (the order rotates each
     round), so that each round's figures share the machine's background load: their ratios are
@@ -255,6 +274,8 @@ def interleave(case: str, impls: list[str], size: int, repeats: int, threads: in
                 if impl == "ours":
                     workers.append(workers_for(dev))  # what the kernel chooses at this call
                 gc.collect()
+                if dev.type == "cpu":
+                    release_free_memory()
                 sync()
                 t0 = time.perf_counter()
                 out = calls[impl]()
