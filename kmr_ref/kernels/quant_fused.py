@@ -134,7 +134,7 @@ def quantize_groups(w2d: torch.Tensor, bits: int, scheme: Scheme, *, dequant: bo
     """Quantize each row of the float32 tensor ``w2d`` (G, L) as one group; equal to the reference
     ``quantize_groups`` (codes compared as integers) and ``dequantize_groups``. ``chunk``: entries
     per block (default from the cache size); ``workers``: threads (default: torch's thread count,
-    at most the cores this process may use and not busy at the call); ``compile``: the quantize
+    at most the cores this process may use); ``compile``: the quantize
     pass of each block as one ``torch.compile``d loop instead of eager ops (opt-in: the first call
     in a process compiles, tens of seconds, timed into :data:`COMPILE_STATS`; the results are the
     same bits).
