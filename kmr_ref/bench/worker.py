@@ -26,7 +26,7 @@ Implementations per case:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import gc
 import importlib.util
 import json
@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -223,19 +223,26 @@ def measure(case: str, impl: str, size: int, repeats: int, threads: int, device:
     }
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` from the process's own symbols (looked up once), or None."""
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int], int], fn)
+
+
 def release_free_memory() -> bool:
     """Return the allocator's free memory to the OS (glibc ``malloc_trim(0)``), so that every timed
     call finds the same allocator state: its results on fresh pages, whichever implementation ran
     before it (else a call right after one that freed its outputs reuses their pages, and one right
     after torch's pruning, which frees 4 GB, does not). False where there is no glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
 
