@@ -138,3 +138,4 @@ def test_every_timed_call_starts_from_released_memory(monkeypatch: pytest.Monkey
     monkeypatch.setattr(worker, "release_free_memory", counted)
     out = worker.interleave("quant_per_channel", ["ours", "copy"], 4096, 3, 1, "cpu")
     assert len(calls) == 3 * 2 and all(len(v) == 3 for v in out["times"].values())
+    assert all(len(v) == 3 and min(v) >= 0 for v in out["system_s"].values())

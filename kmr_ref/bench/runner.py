@@ -46,7 +46,8 @@ TIMING_DEFINITION = (
     "included, as ours and the peer allocate their results; before every timed call on CPU the "
     "allocator's free memory goes back to the OS (malloc_trim), so every implementation's results land "
     "on fresh pages whatever ran before it); copy_into_s copies into preallocated, "
-    "pre-touched tensors (no page faults); ours_1t_s is ours with one thread. With load K, each case "
+    "pre-touched tensors (no page faults); ours_1t_s is ours with one thread (so one worker). "
+    "system_s: the process's system (OS) time during each timed call, mostly page faults. With load K, each case "
     "also holds 'quiet' and 'loaded' timings, the latter measured while K busy-looping processes "
     "run; growth = loaded / quiet, and growth_vs_copy = ours' growth / copy's growth (goal <= 1.5). "
     "workers: the worker threads ours chose at each call (one per core not busy at the call). With "
@@ -166,6 +167,7 @@ def _peak_bandwidth(device: str) -> float | None:
 def _timings(t: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {f"{impl}_s": m for impl, m in t["median_s"].items()}
     out["times"] = t["times"]
+    out["system_s"] = t.get("system_s")
     out["workers"] = t.get("workers")
     out["loadavg"] = t.get("loadavg")
     if t.get("compile_s") is not None:

@@ -31,6 +31,7 @@ import gc
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -268,6 +269,7 @@ def interleave(case: str, impls: list[str], size: int, repeats: int, threads: in
                 calls[impl]()
                 compile_s = time.perf_counter() - t0
     times: dict[str, list[float]] = {impl: [] for impl in impls}
+    system: dict[str, list[float]] = {impl: [] for impl in impls}  # kernel (OS) time of each call
     workers: list[int] = []
 
     def sync() -> None:
@@ -284,13 +286,15 @@ def interleave(case: str, impls: list[str], size: int, repeats: int, threads: in
                 if dev.type == "cpu":
                     release_free_memory()
                 sync()
+                s0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
                 t0 = time.perf_counter()
                 out = calls[impl]()
                 sync()
                 times[impl].append(time.perf_counter() - t0)
+                system[impl].append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - s0)
                 del out
     torch.set_num_threads(threads)
-    return {"case": case, "size": size, "times": times, "workers": workers, "compile_s": compile_s,
+    return {"case": case, "size": size, "times": times, "system_s": system, "workers": workers, "compile_s": compile_s,
             "median_s": {impl: statistics.median(ts) for impl, ts in times.items()}}
 
 
