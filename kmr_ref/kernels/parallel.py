@@ -163,10 +163,9 @@ def workers_for(device: torch.device, workers: int | None = None) -> int:
     bounded by the cores this process may run on; 1 on accelerators. Other processes' load is not
     consulted: the workers take chunks dynamically and meet at no barrier but the final join, so a
     descheduled worker delays only its own chunk, and on a loaded machine each thread of ours gets
-    its share of the cores, as each of torch's OpenMP threads does. (An earlier rule gave one worker
-    per core *not busy* at the call; under ``--load 2`` on 2 cores that meant one worker, and in
-    ``kmr bench``'s own harness, 100M, fresh pages, 4 rounds twice, two workers took 0.37/0.49 s
-    against 0.88/0.60 s for quantization and 0.37/0.55 s against 0.54/0.60 s for pruning.)"""
+    its share of the cores, as each of torch's OpenMP threads does. Two workers faulting fresh
+    output pages at once can stall in the OS (``kmr bench``'s ``system_s``; docs/results/bench.md):
+    ``workers=1`` avoids that."""
     if device.type != "cpu":
         return 1
     if workers is not None:
